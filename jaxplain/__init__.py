@@ -1,0 +1,32 @@
+"""jaxplain: train a FER2013 facial-expression CNN in JAX and explain it.
+
+Every classifier takes float images ``(N, H, W, C)`` in [0, 1] (NHWC) and returns logits
+``(N, K)``; its ``forward`` is a pure function that passes through ``jax.jit`` as an argument.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from jaxplain.checkpoint import load_classifier, save_classifier
+from jaxplain.data import CLASS_NAMES
+from jaxplain.models import CNN, Classifier, classifier
+
+__version__ = "0.1.0"
+
+
+def shipped_checkpoint() -> pathlib.Path:
+  """The directory of the FER2013 CNN shipped with jaxplain."""
+  from importlib import resources
+  return pathlib.Path(str(resources.files("jaxplain.checkpoints").joinpath("fer2013_cnn")))
+
+
+__all__ = [
+    "CLASS_NAMES",
+    "CNN",
+    "Classifier",
+    "classifier",
+    "load_classifier",
+    "save_classifier",
+    "shipped_checkpoint",
+]

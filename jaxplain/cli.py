@@ -1,0 +1,143 @@
+"""The ``jaxplain`` command: argument parsing only; the work is in the library."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+
+def _log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+  return tuple(int(t) for t in text.split(",") if t.strip())
+
+
+def _faces(args, *, default_split: str | None = None):
+  """The faces named by ``--data/--split`` or ``--images``, else the bundled sample faces."""
+  from jaxplain import data
+  if getattr(args, "images", None):
+    images = data.load_images(args.images)
+    return data.Faces(images, -__import__("numpy").ones(len(images), "int32"),
+                      __import__("numpy").full(len(images), "user"), source="--images")
+  if getattr(args, "data", None):
+    faces = data.load(args.data, skip_bad=getattr(args, "skip_bad", False))
+    if faces.skipped:
+      _log(f"skipped {faces.skipped} malformed rows of {args.data}")
+    split = args.split if args.split is not None else default_split
+    return faces.split(split if split not in ("", "all") else None)
+  return data.sample_faces()
+
+
+def _checkpoint(args):
+  from jaxplain import checkpoint, shipped_checkpoint
+  return checkpoint.load_classifier(args.checkpoint or shipped_checkpoint())
+
+
+def cmd_train(args) -> int:
+  from jaxplain import checkpoint, data, train
+  config = train.TrainConfig(
+      epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+      weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+      class_weighting=args.class_weighting, seed=args.seed,
+      model={"widths": list(args.widths), "depths": list(args.depths), "hidden": args.hidden,
+             "dropout": args.dropout})
+  t0 = time.time()
+  faces = data.load(args.data, skip_bad=args.skip_bad)
+  _log(f"read {len(faces)} faces from {args.data} in {time.time() - t0:.1f}s"
+       + (f" ({faces.skipped} malformed rows skipped)" if faces.skipped else ""))
+  train_set = faces.split(args.train_split)
+  val_set = faces.split(args.val_split) if args.val_split else None
+  clf = train.fit(train_set, val_set, config, run_dir=args.run_dir, resume=args.resume,
+                  stop_after=args.stop_after, log=_log)
+  if args.out:
+    extra = {}
+    if val_set is not None:
+      ev = train.evaluate(clf, val_set.images, val_set.labels)
+      extra["evaluation"] = {args.val_split: ev.to_json(clf.class_names)}
+      print(ev.format(clf.class_names))
+    extra["trained_on"] = {"file": pathlib.Path(args.data).name, "split": args.train_split,
+                           "count": len(train_set)}
+    path = checkpoint.save_classifier(clf, args.out, overwrite=True, extra=extra)
+    _log(f"saved classifier to {path}")
+  return 0
+
+
+def cmd_evaluate(args) -> int:
+  from jaxplain import train, viz
+  clf = _checkpoint(args)
+  faces = _faces(args, default_split="PublicTest")
+  ev = train.evaluate(clf, faces.images, faces.labels)
+  print(f"{faces.source}: {len(faces)} faces")
+  print(ev.format(clf.class_names))
+  if args.out:
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    viz.save(viz.confusion_figure(ev.confusion, clf.class_names, title=f"accuracy "
+                                  f"{ev.accuracy:.3f} on {len(faces)} faces"),
+             out / "confusion_matrix.png")
+    (out / "evaluation.json").write_text(json.dumps(ev.to_json(clf.class_names), indent=1))
+    _log(f"wrote {out / 'confusion_matrix.png'} and {out / 'evaluation.json'}")
+  return 0
+
+
+def _add_data_args(p, *, split_default=None):
+  p.add_argument("--data", help="FER2013 CSV (Kaggle or course layout, plain or .gz) or image "
+                 "folder; default: the bundled sample faces")
+  p.add_argument("--split", default=split_default,
+                 help="usage/split to use, e.g. PublicTest, Training, or 'all'")
+  p.add_argument("--skip-bad", action="store_true", help="drop malformed rows instead of failing")
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="jaxplain", description="Train and explain a FER2013 CNN "
+                              "in JAX: saliency, integrated gradients, filters, LIME.")
+  sub = p.add_subparsers(dest="command", required=True)
+
+  t = sub.add_parser("train", help="train the CNN with optax")
+  t.add_argument("--data", required=True, help="FER2013 CSV or image folder")
+  t.add_argument("--train-split", default="Training")
+  t.add_argument("--val-split", default="PublicTest", help="evaluated each epoch ('' : none)")
+  t.add_argument("--skip-bad", action="store_true")
+  t.add_argument("--epochs", type=int, default=30)
+  t.add_argument("--batch-size", type=int, default=128)
+  t.add_argument("--lr", type=float, default=0.05)
+  t.add_argument("--weight-decay", type=float, default=5e-4)
+  t.add_argument("--label-smoothing", type=float, default=0.0)
+  t.add_argument("--class-weighting", type=float, default=0.0,
+                 help="weigh classes by inverse frequency to this power (0: off, 1: full)")
+  t.add_argument("--widths", type=_ints, default=(32, 64, 128, 256))
+  t.add_argument("--depths", type=_ints, default=(1, 1, 2, 2))
+  t.add_argument("--hidden", type=int, default=256)
+  t.add_argument("--dropout", type=float, default=0.3)
+  t.add_argument("--seed", type=int, default=0)
+  t.add_argument("--run-dir", default="runs/fer", help="epoch checkpoints go here")
+  t.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+  t.add_argument("--stop-after", type=int, help="stop after this many epochs of this call")
+  t.add_argument("--out", help="save the final classifier to this directory")
+  t.set_defaults(func=cmd_train)
+
+  e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
+  e.add_argument("--checkpoint", help="classifier directory (default: the shipped one)")
+  _add_data_args(e)
+  e.add_argument("--out", help="write confusion_matrix.png and evaluation.json here")
+  e.set_defaults(func=cmd_evaluate)
+  return p
+
+
+def main(argv=None) -> int:
+  args = parser().parse_args(argv)
+  try:
+    return args.func(args)
+  except ValueError as e:
+    _log(f"jaxplain {args.command}: error: {e}")
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,254 @@
+"""The Flax CNN and the :class:`Classifier` every explanation method takes.
+
+Input convention of every jaxplain classifier: float images ``(N, H, W, C)`` in [0, 1], NHWC
+(48×48×1 for FER2013). Each classifier normalises its input itself.
+
+A classifier is built from an *apply function* with the signature::
+
+    apply_fn(variables, x, *, tap=None, delta=None, guided=False)
+
+returning logits ``(N, K)``, or ``(logits, activation)`` when ``tap`` names a layer. ``delta``
+(the activation's shape) is added to that layer's output before the rest of the network runs,
+so ``jax.grad`` with respect to ``delta`` gives the gradient at that layer (Grad-CAM), and
+``guided=True`` swaps every ReLU for the guided-backprop rule. Both the Flax CNN here and the
+PyTorch graphs of :mod:`jaxplain.convert` follow it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxplain.data import CLASS_NAMES
+
+__all__ = ["CNN", "Classifier", "guided_relu", "classifier", "check_images"]
+
+
+@jax.custom_vjp
+def guided_relu(x):
+  """ReLU whose backward pass keeps only positive gradients at positive inputs.
+
+  References:
+    Springenberg et al., "Striving for Simplicity: The All Convolutional Net", 2015.
+  """
+  return jnp.maximum(x, 0)
+
+
+def _guided_fwd(x):
+  return jnp.maximum(x, 0), x
+
+
+def _guided_bwd(x, g):
+  return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
+
+
+guided_relu.defvjp(_guided_fwd, _guided_bwd)
+
+
+class _Tap:
+  """Records the output of the layer named ``tap`` and adds ``delta`` to it."""
+
+  def __init__(self, tap: str | None, delta):
+    self.tap, self.delta, self.value, self.names = tap, delta, None, []
+
+  def __call__(self, name: str, h):
+    self.names.append(name)
+    if name != self.tap:
+      return h
+    self.value = h
+    return h if self.delta is None else h + self.delta
+
+  def result(self, logits):
+    if self.tap is None:
+      return logits
+    if self.value is None:
+      raise ValueError(f"unknown layer {self.tap!r}; valid layers: {self.names}")
+    return logits, self.value
+
+
+class CNN(nn.Module):
+  """A VGG-style CNN for 48×48 faces: stages of 3×3 conv + BatchNorm + ReLU, max-pooled.
+
+  Layer names (for ``tap``, activations and Grad-CAM): ``conv{stage}_{i}`` is a block's output
+  after its conv, BatchNorm and ReLU (stages and blocks count from 1); ``pool{stage}`` the
+  pooled output of a stage; ``features`` the pooled feature vector; ``dense`` the hidden layer
+  after ReLU; ``logits``.
+
+  Attributes:
+    widths: channels of each stage.
+    depths: conv blocks in each stage.
+    hidden: width of the dense layer before the classifier (0: none).
+    dropout: dropout rate before the dense layers (training only).
+    num_classes: K.
+    mean, std: input normalisation ``(x - mean) / std`` applied to [0, 1] images.
+  """
+
+  widths: Sequence[int] = (32, 64, 128, 256)
+  depths: Sequence[int] = (1, 1, 2, 2)
+  hidden: int = 256
+  dropout: float = 0.3
+  num_classes: int = len(CLASS_NAMES)
+  mean: float = 0.5
+  std: float = 0.25
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False, tap: str | None = None, delta=None,
+               guided: bool = False):
+    relu = guided_relu if guided else nn.relu
+    mark = _Tap(tap, delta)
+    x = (x - self.mean) / self.std
+    for s, (width, depth) in enumerate(zip(self.widths, self.depths), start=1):
+      for i in range(1, depth + 1):
+        x = nn.Conv(width, (3, 3), use_bias=False, name=f"conv{s}_{i}_conv")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"conv{s}_{i}_bn")(x)
+        x = mark(f"conv{s}_{i}", relu(x))
+      x = mark(f"pool{s}", nn.max_pool(x, (2, 2), strides=(2, 2)))
+    x = mark("features", jnp.mean(x, axis=(1, 2)))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    if self.hidden:
+      x = mark("dense", relu(nn.Dense(self.hidden, name="dense")(x)))
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = mark("logits", nn.Dense(self.num_classes, name="head")(x))
+    return mark.result(x)
+
+  @property
+  def layer_names(self) -> tuple[str, ...]:
+    names = []
+    for s, depth in enumerate(self.depths, start=1):
+      names += [f"conv{s}_{i}" for i in range(1, depth + 1)] + [f"pool{s}"]
+    return tuple(names + ["features"] + (["dense"] if self.hidden else []) + ["logits"])
+
+  def config(self) -> dict[str, Any]:
+    return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in dataclasses.fields(self) if f.name not in ("parent", "name")}
+
+
+def check_images(inputs, *, name: str = "inputs", shape: Sequence[int] | None = None):
+  """Raises ``ValueError`` unless ``inputs`` is a float array ``(N, H, W, C)`` (of ``shape``).
+
+  Works on tracers (shape and dtype only); NaN is checked only on concrete arrays.
+  """
+  if not hasattr(inputs, "shape") or not hasattr(inputs, "dtype"):
+    raise ValueError(f"`{name}` must be an array (N, H, W, C), got {type(inputs).__name__}")
+  if inputs.ndim != 4:
+    raise ValueError(f"`{name}` must have rank 4 (N, H, W, C), got shape {tuple(inputs.shape)}; "
+                     "add a batch axis with x[None] or a channel axis with x[..., None]")
+  if not jnp.issubdtype(inputs.dtype, jnp.floating):
+    raise ValueError(f"`{name}` must be float images in [0, 1], got dtype {inputs.dtype}; "
+                     "convert uint8 faces with jaxplain.data.to_float")
+  if shape is not None and tuple(inputs.shape[1:]) != tuple(shape):
+    raise ValueError(f"`{name}` images have shape {tuple(inputs.shape[1:])}, the classifier "
+                     f"takes {tuple(shape)} (H, W, C)")
+  if not isinstance(inputs, jax.core.Tracer) and bool(jnp.isnan(inputs).any()):
+    raise ValueError(f"`{name}` contains NaN")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+  """A trained classifier: pure apply function, its variables, and what it predicts.
+
+  A pytree whose only leaves are ``variables``, so a ``Classifier`` passes through ``jax.jit``
+  as an argument and new weights do not recompile.
+
+  Attributes:
+    apply_fn: ``apply_fn(variables, x, *, tap=None, delta=None, guided=False)`` (module docs).
+    variables: the weights (a pytree).
+    class_names: the K class names.
+    input_shape: ``(H, W, C)`` the classifier takes.
+    layer_names: the layers ``tap`` accepts, input to output.
+    metadata: anything else (architecture config, accuracy, source); JSON-serialisable.
+  """
+
+  apply_fn: Callable = dataclasses.field(metadata=dict(static=True))
+  variables: Any
+  class_names: tuple[str, ...] = dataclasses.field(default=CLASS_NAMES,
+                                                   metadata=dict(static=True))
+  input_shape: tuple[int, ...] = dataclasses.field(default=(48, 48, 1), metadata=dict(static=True))
+  layer_names: tuple[str, ...] = dataclasses.field(default=(), metadata=dict(static=True))
+  metadata: Any = dataclasses.field(default=None, metadata=dict(static=True), compare=False,
+                                    hash=False)
+
+  @property
+  def forward(self) -> jax.tree_util.Partial:
+    """Pure ``(N, H, W, C) → (N, K)`` logits in eval mode, a pytree holding the weights."""
+    return jax.tree_util.Partial(self.apply_fn, self.variables)
+
+  @property
+  def guided_forward(self) -> jax.tree_util.Partial:
+    """``forward`` with guided-backprop ReLUs (same outputs, guided gradients)."""
+    return jax.tree_util.Partial(_Bound(self.apply_fn, guided=True), self.variables)
+
+  def tapped(self, layer: str) -> jax.tree_util.Partial:
+    """Pure ``(x, delta) → (logits, activation)`` at ``layer``; ``delta`` may be ``None``."""
+    self.check_layer(layer)
+    return jax.tree_util.Partial(_Tapped(self.apply_fn, layer), self.variables)
+
+  def check_layer(self, layer: str) -> None:
+    if layer not in self.layer_names:
+      raise ValueError(f"unknown layer {layer!r}; valid layers: {list(self.layer_names)}")
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def predict(self, inputs, *, batch_size: int = 256):
+    """Logits for many images, in fixed-size chunks with one compiled function."""
+    return predict(self.forward, inputs, batch_size=batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bound:
+  """``apply_fn`` with fixed keyword options; hashable by value so jit caches hit."""
+
+  apply_fn: Callable
+  guided: bool = False
+
+  def __call__(self, variables, x):
+    return self.apply_fn(variables, x, guided=self.guided)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tapped:
+  apply_fn: Callable
+  layer: str
+
+  def __call__(self, variables, x, delta=None):
+    return self.apply_fn(variables, x, tap=self.layer, delta=delta)
+
+
+@jax.jit
+def _predict_chunk(forward, x):
+  return forward(x)
+
+
+def predict(forward, inputs, *, batch_size: int = 256):
+  """Runs ``forward`` over ``inputs`` in chunks of ``batch_size`` (the last chunk padded).
+
+  One compilation serves any number of images: every call sees the same chunk shape.
+  """
+  import numpy as np
+  inputs = np.asarray(inputs)
+  n = len(inputs)
+  size = min(batch_size, n) if n else batch_size
+  outs = []
+  for i in range(0, n, size):
+    chunk = inputs[i:i + size]
+    pad = size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    outs.append(np.asarray(_predict_chunk(forward, chunk))[:size - pad])
+  return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+def classifier(model: CNN, variables, *, class_names: Sequence[str] = CLASS_NAMES,
+               metadata: dict | None = None) -> Classifier:
+  """Wraps a Flax :class:`CNN` and its variables (``params``, ``batch_stats``)."""
+  return Classifier(apply_fn=model.apply, variables=variables, class_names=tuple(class_names),
+                    input_shape=(48, 48, 1), layer_names=model.layer_names,
+                    metadata=metadata or {"kind": "cnn", "config": model.config()})

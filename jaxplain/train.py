@@ -1,0 +1,252 @@
+"""Training with optax: JAX data augmentation, a jit-compiled step, evaluation, resumable runs.
+
+Determinism: epoch ``e`` shuffles with ``fold_in(key, e)`` and step ``t`` augments and drops out
+with ``fold_in(key, t)``, so a run resumed from its epoch checkpoint takes exactly the batches
+and random numbers an uninterrupted run takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxplain import data as data_lib
+from jaxplain.models import CNN, Classifier, classifier, predict
+
+__all__ = ["TrainConfig", "augment", "confusion_matrix", "evaluate", "fit", "init_state"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Hyperparameters of a run (saved beside the checkpoint)."""
+
+  epochs: int = 30
+  batch_size: int = 128
+  learning_rate: float = 0.05
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  warmup_epochs: float = 1.0
+  label_smoothing: float = 0.0
+  class_weighting: float = 0.0  # 0: none; 1: inverse frequency; in between: its power
+  max_rotation: float = 12.0  # degrees
+  max_shift: float = 0.1  # fraction of the side
+  max_zoom: float = 0.1
+  flip: bool = True
+  seed: int = 0
+  model: dict = dataclasses.field(default_factory=dict)  # CNN(**model)
+
+
+def augment(key, images):
+  """Random flip, rotation, zoom and shift of ``(N, H, W, C)`` images in one bilinear warp.
+
+  Args:
+    key: PRNG key.
+    images: ``(N, H, W, C)`` float.
+
+  Returns:
+    Augmented images, same shape and dtype (edges repeat the border pixels).
+  """
+  return _augment(key, images, max_rotation=12.0, max_shift=0.1, max_zoom=0.1, flip=True)
+
+
+def _augment(key, images, *, max_rotation, max_shift, max_zoom, flip):
+  n, h, w, _ = images.shape
+  k_rot, k_zoom, k_shift, k_flip = jax.random.split(key, 4)
+  angle = jnp.deg2rad(jax.random.uniform(k_rot, (n,), minval=-max_rotation, maxval=max_rotation))
+  zoom = jnp.exp(jax.random.uniform(k_zoom, (n,), minval=-max_zoom, maxval=max_zoom))
+  shift = jax.random.uniform(k_shift, (n, 2), minval=-max_shift, maxval=max_shift) * h
+  mirror = jnp.where(jax.random.bernoulli(k_flip, 0.5, (n,)) & flip, -1.0, 1.0)
+  yy, xx = jnp.meshgrid(jnp.arange(h) - (h - 1) / 2, jnp.arange(w) - (w - 1) / 2, indexing="ij")
+
+  def warp(image, angle, zoom, shift, mirror):
+    cos, sin = jnp.cos(angle) / zoom, jnp.sin(angle) / zoom
+    src_y = cos * yy - sin * xx * mirror + (h - 1) / 2 + shift[0]
+    src_x = sin * yy + cos * xx * mirror + (w - 1) / 2 + shift[1]
+    return jax.vmap(
+        lambda c: jax.scipy.ndimage.map_coordinates(c, [src_y, src_x], order=1, mode="nearest"),
+        in_axes=-1, out_axes=-1)(image)
+
+  return jax.vmap(warp)(images, angle, zoom, shift, mirror).astype(images.dtype)
+
+
+def init_state(config: TrainConfig, steps_per_epoch: int):
+  """Model, optimizer and initial ``(params, batch_stats, opt_state)``."""
+  model = CNN(**config.model)
+  variables = model.init(jax.random.key(config.seed), jnp.zeros((1, 48, 48, 1)))
+  total = max(1, config.epochs * steps_per_epoch)
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, int(config.warmup_epochs * steps_per_epoch), total)
+  optimizer = optax.chain(
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(schedule, momentum=config.momentum, nesterov=True))
+  state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
+           "opt_state": optimizer.init(variables["params"])}
+  return model, optimizer, state
+
+
+def class_weights(labels, power: float, num_classes: int = 7):
+  """Per-class loss weights ``(count / mean count) ** -power``, normalised to mean 1."""
+  counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+  w = (np.maximum(counts, 1) / counts.mean()) ** -power
+  return (w * counts.sum() / (w * counts).sum()).astype(np.float32)
+
+
+def make_step(model: CNN, optimizer, config: TrainConfig, weights) -> Callable:
+  """The jit-compiled training step ``(state, key, images uint8, labels) -> (state, metrics)``."""
+  weights = jnp.asarray(weights)
+
+  def loss_fn(params, batch_stats, key, x, y):
+    k_drop, _ = jax.random.split(key)
+    logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                  rngs={"dropout": k_drop}, mutable=["batch_stats"])
+    onehot = optax.smooth_labels(jax.nn.one_hot(y, model.num_classes), config.label_smoothing)
+    per = optax.softmax_cross_entropy(logits, onehot) * weights[y]
+    return per.sum() / weights[y].sum(), (updates["batch_stats"], logits)
+
+  @jax.jit
+  def step(state, key, images, labels):
+    k_aug, k_drop = jax.random.split(key)
+    x = images.astype(jnp.float32)[..., None] / 255.0
+    x = _augment(k_aug, x, max_rotation=config.max_rotation, max_shift=config.max_shift,
+                 max_zoom=config.max_zoom, flip=config.flip)
+    (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], state["batch_stats"], k_drop, x, labels)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return ({"params": params, "batch_stats": batch_stats, "opt_state": opt_state},
+            {"loss": loss, "accuracy": accuracy})
+
+  return step
+
+
+def epoch_order(key, epoch: int, n: int) -> np.ndarray:
+  """The shuffled order of epoch ``epoch`` (a function of the run's key alone)."""
+  return np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))
+
+
+def confusion_matrix(labels, predictions, num_classes: int = 7) -> np.ndarray:
+  """``C[i, j]``: examples of true class ``i`` predicted as ``j``."""
+  labels, predictions = np.asarray(labels), np.asarray(predictions)
+  return np.bincount(labels * num_classes + predictions,
+                     minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  accuracy: float
+  per_class: np.ndarray  # recall of each class (NaN where a class has no examples)
+  confusion: np.ndarray
+  count: int
+
+  def to_json(self, class_names) -> dict:
+    return {"accuracy": self.accuracy, "count": self.count,
+            "per_class": {n: (None if math.isnan(a) else float(a))
+                          for n, a in zip(class_names, self.per_class)},
+            "confusion": self.confusion.tolist()}
+
+  def format(self, class_names) -> str:
+    lines = [f"accuracy {self.accuracy:.4f} on {self.count} faces", "per-class accuracy:"]
+    lines += [f"  {n:>9s} {a:.3f}  ({int(self.confusion[i].sum())} faces)"
+              for i, (n, a) in enumerate(zip(class_names, self.per_class))]
+    head = "true\\pred " + " ".join(f"{n[:7]:>7s}" for n in class_names)
+    lines += ["confusion matrix (rows: true class):", head]
+    lines += [f"{n:>9s} " + " ".join(f"{v:7d}" for v in row)
+              for n, row in zip(class_names, self.confusion)]
+    return "\n".join(lines)
+
+
+def evaluate(clf: Classifier, images_u8, labels, *, batch_size: int = 256) -> Evaluation:
+  """Accuracy, per-class accuracy and confusion matrix of ``clf`` on uint8 faces."""
+  labels = np.asarray(labels)
+  if labels.size and (labels.min() < 0 or labels.max() >= clf.num_classes):
+    raise ValueError(f"labels must be in 0..{clf.num_classes - 1}, got {labels.min()}..{labels.max()}")
+  logits = predict(clf.forward, data_lib.to_float(images_u8), batch_size=batch_size)
+  pred = logits.argmax(-1)
+  cm = confusion_matrix(labels, pred, clf.num_classes)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    per_class = np.diag(cm) / cm.sum(1)
+  return Evaluation(float((pred == labels).mean()) if len(labels) else float("nan"),
+                    per_class, cm, len(labels))
+
+
+def fit(train: data_lib.Faces, val: data_lib.Faces | None, config: TrainConfig, *,
+        run_dir: str | None = None, resume: bool = False, stop_after: int | None = None,
+        log: Callable[[str], None] | None = None) -> Classifier:
+  """Trains a :class:`CNN` and returns the classifier from the last epoch.
+
+  Args:
+    train: training faces.
+    val: evaluated after each epoch (``None``: skip).
+    config: hyperparameters.
+    run_dir: where an orbax checkpoint is written after each epoch (``None``: nowhere).
+    resume: continue from the last checkpoint in ``run_dir``.
+    stop_after: stop after this many epochs of this call (for tests of resuming).
+    log: where progress lines go (default: stderr).
+  """
+  from jaxplain import checkpoint
+
+  log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+  steps = len(train) // config.batch_size
+  if steps == 0:
+    raise ValueError(f"{len(train)} training faces < batch size {config.batch_size}")
+  model, optimizer, state = init_state(config, steps)
+  weights = (class_weights(train.labels, config.class_weighting) if config.class_weighting
+             else np.ones(model.num_classes, np.float32))
+  step = make_step(model, optimizer, config, weights)
+  key = jax.random.key(config.seed)
+  start = 0
+  history: list[dict[str, Any]] = []
+  manager = checkpoint.RunManager(run_dir, config) if run_dir else None
+  if resume:
+    if manager is None:
+      raise ValueError("resume=True needs run_dir")
+    restored = manager.restore_latest(state)
+    if restored is None:
+      log(f"no checkpoint in {run_dir}; starting from scratch")
+    else:
+      start, state, history = restored
+      log(f"resumed from epoch {start} in {run_dir}")
+  for epoch in range(start, config.epochs):
+    if stop_after is not None and epoch - start >= stop_after:
+      break
+    order = epoch_order(key, epoch, len(train))
+    t0, sums = time.time(), np.zeros(2)
+    for i in range(steps):
+      idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+      state, m = step(state, jax.random.fold_in(key, epoch * steps + i), train.images[idx],
+                      train.labels[idx])
+      if (i + 1) % 25 == 0 or i + 1 == steps:
+        sums = sums + 0  # keep the device busy; read metrics sparsely
+        loss, acc = float(m["loss"]), float(m["accuracy"])
+        rate = (i + 1) / (time.time() - t0)
+        log(f"epoch {epoch + 1}/{config.epochs} step {i + 1}/{steps} loss {loss:.3f} "
+            f"acc {acc:.3f} ({rate:.1f} steps/s, eta {(steps - i - 1) / rate:.0f}s)")
+    clf = _classifier(model, state, config)
+    record = {"epoch": epoch + 1, "seconds": time.time() - t0, "train_loss": loss}
+    if val is not None and len(val):
+      ev = evaluate(clf, val.images, val.labels)
+      record |= {"val_accuracy": ev.accuracy}
+      log(f"epoch {epoch + 1}: val accuracy {ev.accuracy:.4f} "
+          f"({record['seconds']:.0f}s)")
+    history.append(record)
+    if manager:
+      manager.save(epoch + 1, state, history)
+  return _classifier(model, state, config, history=history)
+
+
+def _classifier(model, state, config, history=None) -> Classifier:
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  meta = {"kind": "cnn", "config": model.config(), "train": dataclasses.asdict(config)}
+  if history is not None:
+    meta["history"] = history
+  return classifier(model, variables, metadata=meta)
