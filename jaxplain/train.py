@@ -82,9 +82,9 @@ def init_state(config: TrainConfig, steps_per_epoch: int):
   """Model, optimizer and initial ``(params, batch_stats, opt_state)``."""
   model = CNN(**config.model)
   variables = model.init(jax.random.key(config.seed), jnp.zeros((1, 48, 48, 1)))
-  total = max(1, config.epochs * steps_per_epoch)
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, int(config.warmup_epochs * steps_per_epoch), total)
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  total = max(config.epochs * steps_per_epoch, warmup + 1)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total)
   optimizer = optax.chain(
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(schedule, momentum=config.momentum, nesterov=True))

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs jaxplain with its test extras into ./.venv and runs the test suite.
+# Usage: bash scripts/test.sh [pytest args...]   (default: the whole suite, slow tests included)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch is only a test reference: take the CPU build where one is provided locally, so pip does
+# not pull a multi-GB CUDA build; elsewhere fall back to the default build.
+.venv/bin/python -m pip install -q "torch==2.13.0" || .venv/bin/python -m pip install -q torch
+.venv/bin/python -m pip install -q -e ".[dev]"
+# Real pretrained PyTorch FER CNN for the conversion and Captum tests (skipped if unavailable).
+.venv/bin/python scripts/fetch_reference_models.py || echo "reference models unavailable: their tests will skip"
+[ $# -gt 0 ] || set -- -m "slow or not slow"
+exec .venv/bin/python -m pytest "$@"

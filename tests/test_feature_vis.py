@@ -1,0 +1,266 @@
+"""Tests of jaxplain.feature_vis: activations and gradient-ascent filter visualisation.
+
+References: a hand-written conv/BN/ReLU/pool in NumPy for the activations; a PyTorch twin of
+the CNN optimised filter by filter with torch.optim.Adam, as Lucent does, for the ascent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxplain import data, feature_vis as fv
+
+LAYER = "conv2_1"
+CHECKPOINT = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "fer2013_cnn"
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_classifier):
+  """The tiny CNN with non-trivial BatchNorm statistics (random init has mean 0, var 1)."""
+  rng = np.random.default_rng(1)
+  stats = jax.tree.map(lambda a: jnp.asarray(
+      rng.uniform(0.5, 1.5, a.shape) if "var" in str(a) else a, a.dtype),
+      tiny_classifier.variables["batch_stats"])
+  stats = {k: {"mean": jnp.asarray(rng.normal(0, 0.1, v["mean"].shape), jnp.float32),
+               "var": jnp.asarray(rng.uniform(0.5, 1.5, v["var"].shape), jnp.float32)}
+           for k, v in stats.items()}
+  return dataclasses.replace(tiny_classifier,
+                             variables={**tiny_classifier.variables, "batch_stats": stats})
+
+
+def _x(faces, n=4):
+  return jnp.asarray(data.to_float(faces.images[:n]))
+
+
+# --- activations -------------------------------------------------------------------------
+
+
+def _numpy_conv_block(clf, x, name):
+  """Reference: SAME 3×3 conv (no bias), eval BatchNorm, ReLU, in float64 NumPy."""
+  p, s = clf.variables["params"], clf.variables["batch_stats"]
+  k = np.asarray(p[f"{name}_conv"]["kernel"], np.float64)
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  n, h, w, _ = x.shape
+  y = sum(np.einsum("nhwc,cd->nhwd", xp[:, i:i + h, j:j + w], k[i, j])
+          for i in range(3) for j in range(3))
+  bn, st = p[f"{name}_bn"], s[f"{name}_bn"]
+  y = (y - np.asarray(st["mean"])) / np.sqrt(np.asarray(st["var"]) + 1e-5)
+  return np.maximum(y * np.asarray(bn["scale"]) + np.asarray(bn["bias"]), 0)
+
+
+def test_activations_match_numpy_reference(clf, faces):
+  x = _x(faces)
+  cfg = clf.metadata["config"]
+  h1 = _numpy_conv_block(clf, (np.asarray(x) - cfg["mean"]) / cfg["std"], "conv1_1")
+  np.testing.assert_allclose(fv.activations(clf, x, "conv1_1"), h1, atol=1e-4)
+  pool = h1.reshape(4, 24, 2, 24, 2, -1).max(axis=(2, 4))
+  np.testing.assert_allclose(fv.activations(clf, x, "pool1"), pool, atol=1e-4)
+  np.testing.assert_allclose(fv.activations(clf, x, LAYER),
+                             _numpy_conv_block(clf, pool, "conv2_1"), atol=1e-4)
+  assert fv.activations(clf, x, "dense").shape == (4, 16)
+  np.testing.assert_allclose(fv.channel_activation(clf, x, "conv1_1"), h1.mean((1, 2)),
+                             atol=1e-5)
+  np.testing.assert_allclose(fv.channel_activation(clf, x, "conv1_1", neuron=(5, 7)),
+                             h1[:, 5, 7], atol=1e-4)
+
+
+def test_activations_jit_and_vmap(clf, faces):
+  x = _x(faces)
+  eager = fv.activations(clf, x, LAYER)
+  jitted = jax.jit(fv.activations, static_argnums=2)(clf, x, LAYER)
+  np.testing.assert_allclose(jitted, eager, atol=1e-5)
+  one_by_one = jax.vmap(lambda xi: fv.activations(clf, xi[None], LAYER)[0])(x)
+  np.testing.assert_allclose(one_by_one, eager, atol=1e-5)
+
+
+def test_activations_errors(clf, faces):
+  x = _x(faces)
+  with pytest.raises(ValueError, match=r"unknown layer 'conv9'.*conv1_1.*conv2_1"):
+    fv.activations(clf, x, "conv9")
+  with pytest.raises(ValueError, match="rank 4"):
+    fv.activations(clf, x[0], LAYER)
+  with pytest.raises(ValueError, match="float"):
+    fv.activations(clf, jnp.asarray(faces.images[:2, :, :, None]), LAYER)
+  with pytest.raises(ValueError, match=r"\(32, 32, 1\)"):
+    fv.activations(clf, jnp.zeros((1, 32, 32, 1)), LAYER)
+
+
+def test_default_layer_and_counts(clf):
+  assert fv.default_layer(clf) == "conv2_1"
+  assert fv.filter_count(clf, "conv1_1") == 8 and fv.filter_count(clf, "dense") == 16
+
+
+# --- maximize_activation ------------------------------------------------------------------
+
+
+FILTERS = (0, 3, 7, 12, 15)
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(fourier=True),
+    dict(pixel_range="clip", l2=0.1, tv=0.05),
+    dict(fourier=True, jitter=2, blur_every=8, blur_sigma=0.7),
+])
+def test_ascent_beats_start_for_every_filter(clf, key, options):
+  r = fv.maximize_activation(clf, LAYER, FILTERS, key=key, steps=48, **options)
+  assert r.images.shape == (5, 48, 48, 1) and r.trace.shape == (48, 5)
+  assert float(r.images.min()) >= 0 and float(r.images.max()) <= 1
+  idx = (jnp.arange(5), jnp.asarray(FILTERS))
+  start = fv.channel_activation(clf, r.start_images, LAYER)[idx]
+  end = fv.channel_activation(clf, r.images, LAYER)[idx]
+  assert bool(jnp.all(end > start + 1e-3)), (start, end)
+  # Without jitter the trace's first entry is the start's activation.
+  if not options.get("jitter"):
+    np.testing.assert_allclose(r.trace[0], start, atol=1e-5)
+
+
+def test_neuron_and_dense_objectives(clf, key):
+  r = fv.maximize_activation(clf, LAYER, (3, 15), key=key, steps=32, neuron=(12, 12),
+                             init_scale=0.5)
+  idx = (jnp.arange(2), jnp.asarray((3, 15)))
+  start = fv.channel_activation(clf, r.start_images, LAYER, neuron=(12, 12))[idx]
+  end = fv.channel_activation(clf, r.images, LAYER, neuron=(12, 12))[idx]
+  assert bool(jnp.all(end > start)), (start, end)
+  # A single neuron's receptive field is local: pixels far from it keep no gradient.
+  far = jnp.abs(r.images - r.start_images)[:, 40:, 40:]
+  assert float(far.max()) == 0.0
+  r = fv.maximize_activation(clf, "logits", (3,), key=key, steps=16)
+  logits = clf.forward(jnp.concatenate([r.start_images, r.images]))[:, 3]
+  assert float(logits[1]) > float(logits[0])
+
+
+def test_same_key_same_images_and_filter_independence(clf, key):
+  a = fv.maximize_activation(clf, LAYER, FILTERS, key=key, steps=16, jitter=2)
+  b = fv.maximize_activation(clf, LAYER, FILTERS, key=key, steps=16, jitter=2)
+  np.testing.assert_array_equal(a.images, b.images)
+  c = fv.maximize_activation(clf, LAYER, FILTERS, key=jax.random.key(1), steps=16, jitter=2)
+  assert not np.allclose(a.images, c.images)
+  # vmap(f)(filters) == stack([f(filter) ...]): each filter's result stands alone.
+  one = fv.maximize_activation(clf, LAYER, [7], key=key, steps=16, jitter=2)
+  np.testing.assert_allclose(one.images[0], a.images[2], atol=1e-5)
+  chunked = fv.maximize_activation(clf, LAYER, FILTERS, key=key, steps=16, jitter=2,
+                                   batch_size=2)
+  np.testing.assert_allclose(chunked.images, a.images, atol=1e-5)
+
+
+def test_jit_and_no_recompile(clf, key):
+  kw = dict(steps=8, fourier=True)
+  eager = fv.maximize_activation(clf, LAYER, (1, 2), key=key, **kw)
+  jitted = jax.jit(fv.maximize_activation, static_argnames=("layer", "filters", "steps",
+                                                            "fourier"))
+  out = jitted(clf, layer=LAYER, filters=(1, 2), key=key, **kw)
+  np.testing.assert_allclose(out.images, eager.images, atol=1e-5)
+  # New weights and other filters of the same count reuse the compiled loop.
+  fv._maximize._clear_cache()
+  fv.maximize_activation(clf, LAYER, (1, 2), key=key, **kw)
+  other = jax.tree.map(lambda v: v * 1.01, clf)
+  fv.maximize_activation(other, LAYER, (4, 5), key=key, **kw)
+  assert fv._maximize._cache_size() == 1
+
+
+def test_init_images_are_the_start(clf, key, faces):
+  x = _x(faces, 2)
+  r = fv.maximize_activation(clf, LAYER, (3, 15), key=key, steps=4, init=x)
+  np.testing.assert_allclose(r.start_images, np.clip(x, 1e-4, 1 - 1e-4), atol=1e-5)
+  r = fv.maximize_activation(clf, LAYER, (3, 15), key=key, steps=4, init=x, fourier=True,
+                             pixel_range="clip")
+  np.testing.assert_allclose(r.start_images, x, atol=1e-5)
+
+
+def test_maximize_errors(clf, key):
+  with pytest.raises(ValueError, match=r"unknown layer 'nope'.*conv2_1"):
+    fv.maximize_activation(clf, "nope", (0,), key=key)
+  with pytest.raises(ValueError, match=r"\[16\] out of range.*16 filters"):
+    fv.maximize_activation(clf, LAYER, (0, 16), key=key)
+  with pytest.raises(ValueError, match=r"\[-1\] out of range"):
+    fv.maximize_activation(clf, LAYER, -1, key=key)
+  with pytest.raises(ValueError, match="integer"):
+    fv.maximize_activation(clf, LAYER, (0.5,), key=key)
+  with pytest.raises(ValueError, match="neuron"):
+    fv.maximize_activation(clf, LAYER, (0,), key=key, neuron=(24, 0))
+  with pytest.raises(ValueError, match="neuron"):
+    fv.maximize_activation(clf, "dense", (0,), key=key, neuron=(0, 0))
+  with pytest.raises(ValueError, match="pixel_range"):
+    fv.maximize_activation(clf, LAYER, (0,), key=key, pixel_range="tanh")
+  with pytest.raises(ValueError, match="steps"):
+    fv.maximize_activation(clf, LAYER, (0,), key=key, steps=0)
+  with pytest.raises(ValueError, match="init"):
+    fv.maximize_activation(clf, LAYER, (0, 1), key=key, init=jnp.zeros((1, 48, 48, 1)))
+  with pytest.raises(ValueError, match="static"):
+    jax.jit(lambda f: fv.maximize_activation(clf, LAYER, f, key=key, steps=2))(jnp.array([0]))
+
+
+# --- against a PyTorch twin optimised filter by filter (Lucent's loop) ---------------------
+
+
+def torch_twin(clf):
+  """The jaxplain CNN as a torch function ``x (N, 1, H, W) -> {layer: activation}``."""
+  torch = pytest.importorskip("torch")
+  cfg, p, s = clf.metadata["config"], clf.variables["params"], clf.variables["batch_stats"]
+  t = lambda a: torch.tensor(np.asarray(a))  # noqa: E731
+
+  def run(x):
+    out, x = {}, (x - cfg["mean"]) / cfg["std"]
+    for stage, depth in enumerate(cfg["depths"], start=1):
+      for i in range(1, depth + 1):
+        n = f"conv{stage}_{i}"
+        x = torch.nn.functional.conv2d(x, t(p[f"{n}_conv"]["kernel"]).permute(3, 2, 0, 1),
+                                       padding=1)
+        x = torch.nn.functional.batch_norm(x, t(s[f"{n}_bn"]["mean"]), t(s[f"{n}_bn"]["var"]),
+                                           t(p[f"{n}_bn"]["scale"]), t(p[f"{n}_bn"]["bias"]),
+                                           eps=1e-5)
+        out[n] = x = torch.relu(x)
+      out[f"pool{stage}"] = x = torch.nn.functional.max_pool2d(x, 2)
+    return out
+  return run
+
+
+def test_matches_torch_adam_per_filter(clf, key, faces):
+  torch = pytest.importorskip("torch")
+  run = torch_twin(clf)
+  x0 = _x(faces, 3)
+  filters, steps = (3, 7, 15), 40
+  ours = fv.maximize_activation(clf, LAYER, filters, key=key, steps=steps, init=x0)
+  for j, f in enumerate(filters):  # Lucent: one optimisation per filter
+    param = torch.logit(torch.tensor(np.asarray(ours.start_images[j])).permute(2, 0, 1)[None])
+    param = param.detach().requires_grad_(True)
+    opt = torch.optim.Adam([param], lr=0.05)
+    trace = []
+    for _ in range(steps):
+      opt.zero_grad()
+      value = run(torch.sigmoid(param))[LAYER][:, f].mean()
+      trace.append(float(value))
+      (-value).backward()
+      opt.step()
+    image = torch.sigmoid(param).detach()[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(ours.trace[:, j], trace, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(ours.images[j], image, atol=2e-3)
+
+
+# --- the shipped checkpoint against real faces ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_trained_filters_beat_best_real_face(shared_csv):
+  if not (CHECKPOINT / "metadata.json").is_file() and not any(CHECKPOINT.glob("*.json")):
+    pytest.skip(f"{CHECKPOINT} not present")
+  from jaxplain import load_classifier
+  clf = load_classifier(CHECKPOINT)
+  faces = data.load_csv(shared_csv, usage="PublicTest")
+  real = np.concatenate([np.asarray(fv.channel_activation(
+      clf, jnp.asarray(data.to_float(faces.images[i:i + 250])), "conv3_1"))
+      for i in range(0, 1000, 250)])
+  filters = (0, 5, 10, 20, 40, 60, 80, 100)
+  r = fv.maximize_activation(clf, "conv3_1", filters, key=jax.random.key(0), steps=256,
+                             fourier=True, jitter=2)
+  vis = fv.channel_activation(clf, r.images, "conv3_1")[jnp.arange(8), jnp.asarray(filters)]
+  ratio = np.asarray(vis) / real[:, filters].max(0)
+  assert (ratio > 1).all(), ratio
