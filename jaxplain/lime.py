@@ -237,7 +237,7 @@ def _regression_dtype():
 
 def _cosine_kernel(masks, valid, kernel_width):
   """lime's weights: ``sqrt(exp(-d² / width²))``, d = cosine distance to the all-ones row."""
-  m = masks * valid
+  m = masks * valid[None, :]
   dot = m.sum(-1)
   norm = jnp.sqrt((m * m).sum(-1)) * jnp.sqrt(valid.sum(-1))
   similarity = jnp.where(norm > 0, dot / jnp.where(norm > 0, norm, 1), 0)  # sklearn: 0-rows → 0
@@ -255,7 +255,7 @@ def _weighted_ridge(x, y, w, valid, alpha):
   total = w.sum()
   x_mean = jnp.einsum("s,si->i", w, x, precision=_HIGHEST) / total
   y_mean = (w * y).sum() / total
-  xc, yc = x - x_mean, y - y_mean
+  xc, yc = x - x_mean[None, :], y - y_mean
   gram = jnp.einsum("s,si,sj->ij", w, xc, xc, precision=_HIGHEST)
   ridge = jnp.where(valid, alpha, 1).astype(x.dtype)  # invalid columns: 1·b = 0
   b = jax.scipy.linalg.solve(gram + jnp.diag(ridge), jnp.einsum("s,si,s->i", w, xc, yc,
