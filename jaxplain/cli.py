@@ -86,6 +86,52 @@ def cmd_evaluate(args) -> int:
   return 0
 
 
+def cmd_lime(args) -> int:
+  import jax
+  import numpy as np
+  from tqdm.auto import tqdm
+
+  from jaxplain import data, lime, train, viz
+  clf = _checkpoint(args)
+  faces = _faces(args, default_split="PublicTest")
+  known = len(faces) > 0 and bool((faces.labels >= 0).all())
+  ev = train.evaluate(clf, faces.images, faces.labels) if known else None
+  if known and args.per_class:
+    faces = faces.take(np.concatenate([np.flatnonzero(faces.labels == k)[:args.per_class]
+                                       for k in range(clf.num_classes)]))
+  if not len(faces):
+    raise ValueError("no faces to explain")
+  images = data.to_float(faces.images)
+  probabilities = np.asarray(jax.nn.softmax(clf.predict(images), axis=-1))
+  targets = faces.labels if args.target == "true" and known else probabilities.argmax(-1)
+  segments = lime.segment_faces(images, n_segments=args.n_segments,
+                                compactness=args.compactness)
+  with tqdm(total=len(images), desc="LIME", unit="face") as bar:
+    result = lime.lime_many(clf, images, targets, segments, key=jax.random.key(args.seed),
+                            num_samples=args.num_samples, images_per_call=args.images_per_call,
+                            batch_size=args.batch_size, progress=bar.update)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  np.savez_compressed(out / "lime.npz", segments=segments, targets=targets, labels=faces.labels,
+                      probabilities=probabilities, **result._asdict())
+  viz.save(viz.lime_class_figure(
+      images, segments, result.weights, targets, clf.class_names,
+      labels=faces.labels if known else None,
+      probabilities=probabilities[np.arange(len(targets)), targets],
+      per_class=None if ev is None else ev.per_class,
+      confusion=None if ev is None else ev.confusion, num_features=args.num_features),
+      out / "lime_classes.png")
+  summary = {"faces": len(images), "source": faces.source, "num_samples": args.num_samples,
+             "seed": args.seed, "target": args.target,
+             "mean_score": float(np.mean(result.score)),
+             "evaluation": None if ev is None else ev.to_json(clf.class_names)}
+  (out / "lime.json").write_text(json.dumps(summary, indent=1))
+  print(f"LIME on {len(images)} faces ({args.num_samples} samples each): mean R^2 of the local "
+        f"models {summary['mean_score']:.3f}")
+  _log(f"wrote {out / 'lime_classes.png'}, {out / 'lime.npz'} and {out / 'lime.json'}")
+  return 0
+
+
 def _add_data_args(p, *, split_default=None):
   p.add_argument("--data", help="FER2013 CSV (Kaggle or course layout, plain or .gz) or image "
                  "folder; default: the bundled sample faces")
@@ -127,6 +173,24 @@ def parser() -> argparse.ArgumentParser:
   _add_data_args(e)
   e.add_argument("--out", help="write confusion_matrix.png and evaluation.json here")
   e.set_defaults(func=cmd_evaluate)
+  li = sub.add_parser("lime", help="LIME superpixel explanations per class (native, in JAX)")
+  li.add_argument("--checkpoint", help="classifier directory (default: the shipped one)")
+  li.add_argument("--images", nargs="+", help="image files to explain (instead of --data)")
+  _add_data_args(li, split_default="PublicTest")
+  li.add_argument("--per-class", type=int, default=3,
+                  help="faces of each true class to explain (0: all; labelled data only)")
+  li.add_argument("--target", choices=("predicted", "true"), default="predicted",
+                  help="the class each explanation is for")
+  li.add_argument("--num-samples", type=int, default=1000, help="perturbed samples per face")
+  li.add_argument("--num-features", type=int, default=5,
+                  help="superpixels marked on each side in the figure")
+  li.add_argument("--n-segments", type=int, default=50, help="SLIC target superpixel count")
+  li.add_argument("--compactness", type=float, default=0.1, help="SLIC compactness")
+  li.add_argument("--images-per-call", type=int, default=8, help="faces per compiled call")
+  li.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+  li.add_argument("--seed", type=int, default=0)
+  li.add_argument("--out", required=True, help="write lime_classes.png, lime.npz, lime.json")
+  li.set_defaults(func=cmd_lime)
   return p
 
 

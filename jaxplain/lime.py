@@ -39,6 +39,7 @@ __all__ = [
     "classifier_fn",
     "explain",
     "lime_batch",
+    "lime_many",
     "sample_masks",
     "segment_face",
     "segment_faces",
@@ -460,6 +461,57 @@ def lime_batch(forward, images, target, segments, *, key=None, masks=None,
                     segments.astype(jnp.int32), masks, hide_value, kernel_width, alpha,
                     mean_fill=mean_fill, logits=bool(logits),
                     batch_size=int(batch_size))
+
+
+def lime_many(forward, images, target, segments, *, key, num_samples: int = 1000,
+              images_per_call: int = 8, max_segments: int | None = None,
+              progress: Callable[[int], Any] | None = None, **options) -> LimeResult:
+  """:func:`lime_batch` over any number of images, ``images_per_call`` at a time.
+
+  Every call has the same shapes (the last group is padded with copies of its first image and
+  ``max_segments`` is fixed for the whole run), so the run compiles once. Group ``g`` samples
+  its masks with ``jax.random.fold_in(key, g)``.
+
+  Args:
+    forward, images, target, segments, num_samples: as :func:`lime_batch`.
+    key: PRNG key.
+    images_per_call: images explained by one :func:`lime_batch` call (memory knob).
+    max_segments: ``M``; default the largest label + 1 over all images.
+    progress: called with the number of images finished by each call (e.g. ``tqdm.update``).
+    **options: other :func:`lime_batch` options (``kernel_width``, ``hide``, ``logits``, ...).
+
+  Returns:
+    :class:`LimeResult` of NumPy arrays for all ``N`` images.
+  """
+  images = np.asarray(images)
+  segments = np.asarray(segments)
+  n = len(images)
+  target = np.broadcast_to(np.asarray(target), (n,)) if np.ndim(target) == 0 else \
+      np.asarray(target)
+  if target.shape != (n,):
+    raise ValueError(f"`target` must be an int or have shape ({n},), got {target.shape}")
+  if segments.shape[:1] != (n,):
+    raise ValueError(f"`segments` must have shape (N, H, W) with N = {n}, got {segments.shape}")
+  if images_per_call < 1:
+    raise ValueError(f"`images_per_call` must be >= 1, got {images_per_call}")
+  if max_segments is None:
+    max_segments = int(segments.max()) + 1 if segments.size else 1
+  parts = []
+  size = min(images_per_call, max(n, 1))
+  for g, start in enumerate(range(0, n, size)):
+    index = np.arange(start, min(start + size, n))
+    count = len(index)
+    index = np.concatenate([index, np.full(size - count, index[0])])
+    result = lime_batch(forward, images[index], target[index], segments[index],
+                        key=jax.random.fold_in(key, g), num_samples=num_samples,
+                        max_segments=max_segments, **options)
+    parts.append(jax.tree_util.tree_map(lambda a, c=count: np.asarray(a)[:c], result))
+    if progress is not None:
+      progress(count)
+  if not parts:
+    return lime_batch(forward, images, target, segments, key=key, num_samples=num_samples,
+                      max_segments=max_segments, **options)
+  return LimeResult(*(np.concatenate(field) for field in zip(*parts)))
 
 
 def weights_to_image(result: LimeResult, segments) -> np.ndarray:

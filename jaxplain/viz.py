@@ -79,4 +79,106 @@ def per_class_accuracy_figure(per_class, class_names, *, ax=None, title: str = "
 # --- LIME figures (issue 6) ---
 
 
+def lime_overlay(image, segments, weights, *, num_features: int = 5, tint: float = 0.3):
+  """A face with its LIME superpixels marked: positive green, negative red.
+
+  The ``num_features`` superpixels with the largest positive weights are tinted green and
+  outlined with ``skimage.segmentation.mark_boundaries``; the ``num_features`` most negative ones
+  red (lime's ``get_image_and_mask(positive_only=False)`` shows the same two sets).
+
+  Args:
+    image: ``(H, W)`` or ``(H, W, C)`` in [0, 1].
+    segments: int ``(H, W)`` superpixel labels.
+    weights: ``(M,)`` weight of each superpixel label (``M`` > the largest label).
+    num_features: superpixels shown on each side.
+    tint: strength of the colour tint inside marked superpixels.
+
+  Returns:
+    float RGB ``(H, W, 3)`` in [0, 1].
+  """
+  from skimage.segmentation import mark_boundaries
+  image = np.asarray(image, np.float64)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  rgb = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3]
+  segments = np.asarray(segments)
+  weights = np.asarray(weights, np.float64)
+  order = np.argsort(-weights)
+  positive = [s for s in order[:num_features] if weights[s] > 0]
+  negative = [s for s in order[::-1][:num_features] if weights[s] < 0]
+  out = rgb.copy()
+  for chosen, color in ((positive, (0.0, 1.0, 0.0)), (negative, (1.0, 0.0, 0.0))):
+    inside = np.isin(segments, chosen)
+    out[inside] = (1 - tint) * out[inside] + tint * np.asarray(color)
+    out = mark_boundaries(out, np.where(inside, segments + 1, 0), color=color, mode="inner",
+                          background_label=0)
+  return np.clip(out, 0, 1)
+
+
+def _figure_pixels(fig) -> np.ndarray:
+  """Renders ``fig`` to an RGBA array (to place a finished figure beside others) and closes it."""
+  fig.canvas.draw()
+  pixels = np.asarray(fig.canvas.buffer_rgba()).copy()
+  plt.close(fig)
+  return pixels
+
+
+def lime_class_figure(images, segments, weights, targets, class_names, *, labels=None,
+                      probabilities=None, per_class=None, confusion=None,
+                      num_features: int = 5, title: str = ""):
+  """Per-class LIME panels beside per-class accuracy and the confusion matrix.
+
+  One row per class (the true class where ``labels`` are known, else the explained class), one
+  panel per face: :func:`lime_overlay` of the explanation of ``targets``. On the right,
+  :func:`per_class_accuracy_figure` and :func:`confusion_figure` when given.
+
+  Args:
+    images: ``(N, H, W, C)`` or ``(N, H, W)`` in [0, 1].
+    segments: int ``(N, H, W)``.
+    weights: ``(N, M)`` LIME weights (``jaxplain.lime.LimeResult.weights``).
+    targets: ``(N,)`` the class each explanation is for.
+    class_names: the K class names.
+    labels: ``(N,)`` true classes (``-1``: unknown).
+    probabilities: ``(N,)`` the classifier's probability of ``targets`` (shown in titles).
+    per_class: ``(K,)`` per-class accuracy.
+    confusion: ``(K, K)`` confusion matrix.
+    num_features: superpixels marked on each side.
+    title: the figure's title.
+  """
+  images, segments, weights = np.asarray(images), np.asarray(segments), np.asarray(weights)
+  targets = np.asarray(targets)
+  labels = np.full(len(images), -1) if labels is None else np.asarray(labels)
+  rows_of = np.where(labels >= 0, labels, targets)
+  classes = [k for k in range(len(class_names)) if (rows_of == k).any()]
+  cols = max([int((rows_of == k).sum()) for k in classes] + [1])
+  side = per_class is not None or confusion is not None
+  fig = plt.figure(figsize=(1.55 * cols + (6.5 if side else 0), 1.7 * max(len(classes), 1) + 0.6))
+  grid = fig.add_gridspec(max(len(classes), 1), cols + (1 if side else 0),
+                          width_ratios=[1] * cols + ([4.2] if side else []))
+  for r, k in enumerate(classes):
+    for c, i in enumerate(np.flatnonzero(rows_of == k)):
+      ax = fig.add_subplot(grid[r, c])
+      ax.imshow(lime_overlay(images[i], segments[i], weights[i], num_features=num_features),
+                interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      text = f"LIME: {class_names[targets[i]]}"
+      if probabilities is not None:
+        text += f" {float(np.asarray(probabilities)[i]):.2f}"
+      ax.set_title(text, fontsize=7)
+      if c == 0:
+        ax.set_ylabel(class_names[k] if labels[i] >= 0 else f"pred {class_names[k]}", fontsize=9)
+  if side:
+    inner = grid[:, cols].subgridspec(2, 1, height_ratios=[1, 1.6])
+    if per_class is not None:
+      per_class_accuracy_figure(per_class, class_names, ax=fig.add_subplot(inner[0]))
+    if confusion is not None:
+      ax = fig.add_subplot(inner[1])
+      ax.imshow(_figure_pixels(confusion_figure(confusion, class_names)))
+      ax.axis("off")
+  fig.suptitle(title or f"LIME: green supports, red opposes the explained class "
+               f"(top {num_features} superpixels each)", fontsize=10)
+  return fig
+
+
 # --- report (issue 7) ---
