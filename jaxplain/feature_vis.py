@@ -1,0 +1,410 @@
+"""Feature visualisation: layer activations, and the inputs that maximise a filter.
+
+:func:`activations` returns the feature maps of any named layer of a
+:class:`~jaxplain.models.Classifier` (jaxplain's CNN and converted PyTorch models alike: both
+follow the ``apply_fn(..., tap=layer)`` contract). :func:`maximize_activation` finds, by
+gradient ascent on the input, an image that excites each requested filter: one optax
+optimisation per filter, all of them vmapped inside one compiled ``lax.scan``, with the
+regularisers of Lucid / Lucent (L2 decay, total variation, random jitter, periodic blur, a
+sigmoid- or clip-bounded pixel range, and the decorrelated Fourier parameterisation).
+
+Images are native ``classifier.input_shape`` (48×48×1 for FER2013): no RGB, no upsampling.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxplain.models import Classifier, check_images
+
+__all__ = [
+    "Visualization",
+    "activations",
+    "channel_activation",
+    "default_layer",
+    "filter_count",
+    "maximize_activation",
+]
+
+# Lucid's constant: the Fourier image is divided by 4 before the sigmoid ("reduces saturation").
+_FFT_MAGIC = 4.0
+
+
+class Visualization(NamedTuple):
+  """What :func:`maximize_activation` returns.
+
+  Attributes:
+    images: ``(F, H, W, C)`` in [0, 1], the optimised input of each requested filter.
+    trace: ``(steps, F)`` the objective (filter activation) at each step, measured on the
+      (jittered) input the step differentiated, before its update.
+    start_images: ``(F, H, W, C)`` the random images the optimisation started from.
+  """
+
+  images: jax.Array
+  trace: jax.Array
+  start_images: jax.Array
+
+
+def activations(classifier: Classifier, inputs, layer: str) -> jax.Array:
+  """The output of ``layer`` for ``inputs``: ``(N, h, w, channels)`` maps or ``(N, units)``.
+
+  Args:
+    classifier: any jaxplain classifier (own CNN or converted PyTorch model).
+    inputs: float ``(N, H, W, C)`` in [0, 1], ``classifier.input_shape`` per image.
+    layer: one of ``classifier.layer_names``.
+
+  Returns:
+    The layer's activation, as the network computes it in eval mode.
+
+  Raises:
+    ValueError: unknown ``layer`` (the message lists the valid names), or bad ``inputs``.
+  """
+  classifier.check_layer(layer)
+  check_images(inputs, shape=classifier.input_shape)
+  return classifier.tapped(layer)(inputs, None)[1]
+
+
+def _layer_shape(classifier: Classifier, layer: str) -> tuple[int, ...]:
+  """The activation shape of ``layer`` for one image (no FLOPs: ``eval_shape``)."""
+  classifier.check_layer(layer)
+  x = jax.ShapeDtypeStruct((1,) + tuple(classifier.input_shape), jnp.float32)
+  return tuple(jax.eval_shape(lambda c, x: c.tapped(layer)(x, None)[1], classifier, x).shape[1:])
+
+
+def filter_count(classifier: Classifier, layer: str) -> int:
+  """The number of channels (filters, or units of a dense layer) of ``layer``."""
+  return _layer_shape(classifier, layer)[-1]
+
+
+def default_layer(classifier: Classifier) -> str:
+  """A middle convolutional layer: the median of the layers with spatial maps, pools excluded.
+
+  For jaxplain's CNN (conv1_1 … conv4_2) this is ``conv3_2``.
+  """
+  spatial = [n for n in classifier.layer_names if len(_layer_shape(classifier, n)) == 3]
+  convs = [n for n in spatial if "pool" not in n.lower()] or spatial
+  if not convs:
+    raise ValueError(f"the classifier has no layer with spatial maps; layers: "
+                     f"{list(classifier.layer_names)}")
+  return convs[len(convs) // 2]
+
+
+def _check_neuron(neuron, shape, layer):
+  if neuron is None:
+    return None
+  if len(shape) != 3:
+    raise ValueError(f"`neuron` needs a layer with spatial maps; {layer!r} has shape {shape}")
+  neuron = tuple(int(v) for v in neuron)
+  if len(neuron) != 2 or not all(0 <= v < s for v, s in zip(neuron, shape[:2])):
+    raise ValueError(f"`neuron` must be (row, col) inside the {shape[0]}×{shape[1]} maps of "
+                     f"{layer!r}, got {neuron}")
+  return neuron
+
+
+def _objective(act, neuron):
+  """``act`` (N, h, w, F') or (N, F') → (N, F'): channel mean, or the value at ``neuron``."""
+  if act.ndim == 2:
+    return act
+  if neuron is None:
+    return jnp.mean(act, axis=(1, 2))
+  return act[:, neuron[0], neuron[1], :]
+
+
+def channel_activation(classifier: Classifier, inputs, layer: str, *,
+                       neuron: Sequence[int] | None = None) -> jax.Array:
+  """The objective :func:`maximize_activation` maximises, for every channel: ``(N, channels)``.
+
+  The mean over spatial positions of each channel of ``layer`` (the unit itself for a dense
+  layer), or its value at ``neuron = (row, col)``.
+  """
+  neuron = _check_neuron(neuron, _layer_shape(classifier, layer), layer)
+  return _objective(activations(classifier, inputs, layer), neuron)
+
+
+# --- parameterisations ---------------------------------------------------------------------
+
+
+def _freqs(h: int, w: int) -> np.ndarray:
+  """Radial frequency of each rfft2 coefficient, ``(h, w // 2 + 1)`` (Lucid ``rfft2d_freqs``)."""
+  fy = np.fft.fftfreq(h)[:, None]
+  fx = np.fft.rfftfreq(w)[None, :]
+  return np.sqrt(fx * fx + fy * fy)
+
+
+def _spectrum_scale(h: int, w: int, decay_power: float) -> np.ndarray:
+  """Lucid's ``1 / max(f, 1/max(h, w)) ** decay_power``: equalises the energy of frequencies."""
+  return (1.0 / np.maximum(_freqs(h, w), 1.0 / max(h, w)) ** decay_power).astype(np.float32)
+
+
+def _fft_to_pixels(spectrum, shape, scale):
+  """(2, h, w//2+1, C) real/imag → (h, w, C) with an orthonormal inverse FFT, / Lucid's 4."""
+  h, w, _ = shape
+  coeffs = (spectrum[0] + 1j * spectrum[1]) * scale[..., None]
+  return jnp.fft.irfft2(coeffs, s=(h, w), axes=(0, 1), norm="ortho").astype(spectrum.dtype) \
+      / _FFT_MAGIC
+
+
+def _pixels_to_fft(pixels, scale):
+  coeffs = jnp.fft.rfft2(pixels * _FFT_MAGIC, axes=(0, 1), norm="ortho") / scale[..., None]
+  return jnp.stack([coeffs.real, coeffs.imag]).astype(pixels.dtype)
+
+
+def _pixel_std(shape, scale) -> float:
+  """Pixel standard deviation of ``_fft_to_pixels`` of a N(0, 1) spectrum."""
+  h, w, _ = shape
+  rfft_cols = np.full(w // 2 + 1, 2.0)  # each rfft column stands for two FFT columns ...
+  rfft_cols[0] = 0.5
+  if w % 2 == 0:
+    rfft_cols[-1] = 0.5  # ... except DC and Nyquist, whose imaginary parts irfft drops
+  energy = (np.asarray(scale, np.float64) ** 2 * rfft_cols).sum() * 2 / (h * w)
+  return float(np.sqrt(energy) / _FFT_MAGIC)
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+  radius = max(1, int(math.ceil(3 * sigma)))
+  t = np.arange(-radius, radius + 1, dtype=np.float64)
+  k = np.exp(-0.5 * (t / sigma) ** 2)
+  return (k / k.sum()).astype(np.float32)
+
+
+def _blur_pixels(x, sigma):
+  """Separable Gaussian blur of (h, w, C), edges reflected (shape kept)."""
+  k = jnp.asarray(_gaussian_kernel(sigma), x.dtype)
+  r = (len(k) - 1) // 2
+  x = jnp.pad(x, ((r, r), (r, r), (0, 0)), mode="reflect")
+  h, w = x.shape[0] - 2 * r, x.shape[1] - 2 * r
+  x = sum(k[i] * x[i:i + h] for i in range(len(k)))
+  return sum(k[i] * x[:, i:i + w] for i in range(len(k)))
+
+
+def _blur_fft(spectrum, shape, sigma):
+  """The same Gaussian blur in the Fourier basis (circular): scale each frequency."""
+  h, w, _ = shape
+  fy = np.fft.fftfreq(h)[:, None]
+  fx = np.fft.rfftfreq(w)[None, :]
+  gain = np.exp(-2 * (np.pi * sigma) ** 2 * (fx * fx + fy * fy)).astype(np.float32)
+  return spectrum * jnp.asarray(gain, spectrum.dtype)[None, :, :, None]
+
+
+def _total_variation(x):
+  """Mean absolute difference of neighbouring pixels (Lucid ``total_variation``, averaged)."""
+  return jnp.mean(jnp.abs(x[1:] - x[:-1])) + jnp.mean(jnp.abs(x[:, 1:] - x[:, :-1]))
+
+
+def _jitter(key, x, amount):
+  """Random translation by up to ``amount`` pixels (reflect-padded, shape kept)."""
+  if amount == 0:
+    return x
+  h, w, c = x.shape
+  padded = jnp.pad(x, ((amount, amount), (amount, amount), (0, 0)), mode="reflect")
+  dy, dx = jax.random.randint(key, (2,), 0, 2 * amount + 1)
+  return jax.lax.dynamic_slice(padded, (dy, dx, 0), (h, w, c))
+
+
+@functools.lru_cache(maxsize=None)
+def _default_optimizer(learning_rate: float) -> optax.GradientTransformation:
+  # Cached so that repeated calls with the default hit the same jit cache entry.
+  return optax.adam(learning_rate)
+
+
+_PIXEL_RANGES = ("sigmoid", "clip")
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "layer", "steps", "optimizer", "neuron", "fourier", "pixel_range", "decay_power", "l2",
+    "tv", "jitter", "blur_every", "blur_sigma", "init_scale", "batch_size"))
+def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron, fourier,
+              pixel_range, decay_power, l2, tv, jitter, blur_every, blur_sigma, init_scale,
+              batch_size):
+  shape = tuple(classifier.input_shape)
+  h, w, _ = shape
+  scale_np = _spectrum_scale(h, w, decay_power)
+  scale = jnp.asarray(scale_np)
+  tapped = classifier.tapped(layer)
+
+  def to_image(p):
+    x = _fft_to_pixels(p, shape, scale) if fourier else p
+    if pixel_range == "sigmoid":
+      return jax.nn.sigmoid(x)
+    return jnp.clip(x + 0.5, 0.0, 1.0) if fourier else x  # pixel basis: projected below
+
+  def from_image(x):
+    if pixel_range == "sigmoid":
+      x = jax.scipy.special.logit(jnp.clip(x, 1e-4, 1 - 1e-4))
+    elif fourier:
+      x = x - 0.5
+    return _pixels_to_fft(x, scale) if fourier else x
+
+  def objective(x, f):
+    act = tapped(x[None], None)[1]
+    return jnp.take(_objective(act, neuron)[0], f)
+
+  def loss(p, f, k):
+    x = to_image(p)
+    value = objective(_jitter(k, x, jitter), f)
+    penalty = 0.0
+    if l2:
+      penalty += l2 * jnp.mean(jnp.square(x - 0.5))
+    if tv:
+      penalty += tv * _total_variation(x)
+    return penalty - value, value
+
+  def blur(p):
+    if fourier:
+      return _blur_fft(p, shape, blur_sigma)
+    return _blur_pixels(p, blur_sigma)
+
+  def optimize_one(args):
+    f, k, x0 = args
+    k_init, k_steps = jax.random.split(k)
+    if x0 is None:  # pre-squash start ~ N(0, init_scale) in pixel space, in every basis
+      noise = init_scale * jax.random.normal(k_init, shape, jnp.float32)
+      p0 = noise if pixel_range == "sigmoid" else 0.5 + noise / 4  # sigmoid'(0) = 1/4
+      if fourier:
+        spectrum = jax.random.normal(k_init, (2, h, w // 2 + 1, shape[2]), jnp.float32)
+        p0 = spectrum * (init_scale / _pixel_std(shape, scale_np))
+        if pixel_range == "clip":
+          p0 = p0 / 4
+    else:
+      p0 = from_image(x0)
+    if pixel_range == "clip" and not fourier:
+      p0 = jnp.clip(p0, 0.0, 1.0)
+
+    def step(carry, inputs):
+      p, opt_state = carry
+      i, ki = inputs
+      (_, value), g = jax.value_and_grad(loss, has_aux=True)(p, f, ki)
+      updates, opt_state = optimizer.update(g, opt_state, p)
+      p = optax.apply_updates(p, updates)
+      if blur_every:
+        p = jax.lax.cond((i + 1) % blur_every == 0, blur, lambda q: q, p)
+      if pixel_range == "clip" and not fourier:
+        p = jnp.clip(p, 0.0, 1.0)
+      return (p, opt_state), value
+
+    (p, _), trace = jax.lax.scan(step, (p0, optimizer.init(p0)),
+                                 (jnp.arange(steps), jax.random.split(k_steps, steps)))
+    return to_image(p), trace, to_image(p0)
+
+  keys = jax.vmap(lambda f: jax.random.fold_in(key, f))(filters)
+  args = (filters, keys, init)
+  if batch_size is None:
+    images, trace, start = jax.vmap(optimize_one)(args)
+  else:
+    images, trace, start = jax.lax.map(optimize_one, args, batch_size=batch_size)
+  return Visualization(images, trace.T, start)
+
+
+def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[int] | int, *,
+                        key: jax.Array, steps: int = 256,
+                        optimizer: optax.GradientTransformation | None = None,
+                        neuron: Sequence[int] | None = None, fourier: bool = False,
+                        pixel_range: str = "sigmoid", decay_power: float = 1.0,
+                        l2: float = 0.0, tv: float = 0.0, jitter: int = 0,
+                        blur_every: int = 0, blur_sigma: float = 0.5,
+                        init_scale: float = 1.0, init=None,
+                        batch_size: int | None = None) -> Visualization:
+  """Gradient ascent on the input: for each filter, an image that activates it strongly.
+
+  Each filter gets its own optimisation (its own optimizer state, its own random start and
+  jitter drawn from ``fold_in(key, filter)``, so a filter's image does not depend on which
+  other filters are requested); all of them run at once, vmapped, in one compiled
+  ``lax.scan`` of ``steps`` optax updates. The loss of filter ``f`` on image ``x`` is::
+
+      -objective_f(jitter(x)) + l2 * mean((x - 0.5)²) + tv * TV(x)
+
+  where the objective is the mean of channel ``f`` of ``layer`` over spatial positions (the
+  unit itself for a dense layer), or its value at ``neuron = (row, col)``. Every
+  ``blur_every`` steps the parameters are blurred with a Gaussian of ``blur_sigma`` pixels
+  (Yosinski et al.); in the Fourier basis that blur is exact, applied to the spectrum.
+
+  Args:
+    classifier: any jaxplain classifier; images have its ``input_shape``.
+    layer: one of ``classifier.layer_names``.
+    filters: channel indices (``F`` of them, or one int) of ``layer``. Must be concrete
+      (under ``jax.jit`` pass them as a static argument).
+    key: PRNG key: random starts and jitter. Same key, same images.
+    steps: number of optimizer updates.
+    optimizer: an optax transformation, applied to each filter separately (default
+      ``optax.adam(0.05)``, Lucent's). Pass the same object again to reuse the compilation.
+    neuron: ``(row, col)`` in the layer's maps: maximise that single neuron instead of the
+      channel mean.
+    fourier: parameterise the image by its spectrum, scaled by ``1/f**decay_power``
+      (Lucid/Lucent ``fft_image``: decorrelated, favours low frequencies).
+    pixel_range: how pixels stay in [0, 1]: ``"sigmoid"`` (image = sigmoid(param), Lucent's
+      choice) or ``"clip"`` (pixel basis: projected gradient ascent, the parameters are
+      clipped to [0, 1] after each update; Fourier basis: the image is clipped).
+    decay_power: spectrum decay of the Fourier parameterisation.
+    l2: weight of the L2 decay towards mid-gray (``mean((x - 0.5)²)``).
+    tv: weight of the total variation (mean absolute neighbour difference).
+    jitter: random translation of up to this many pixels at each step (reflect padding).
+    blur_every: blur every this many steps (0: never).
+    blur_sigma: standard deviation of that blur, in pixels.
+    init_scale: standard deviation of the random start before the sigmoid, in pixel space
+      whatever the basis (``"clip"``: of the pixels, divided by 4, the sigmoid's slope). The
+      default 1 starts from visible noise (pixel std ≈ 0.2): from Lucent's nearly uniform
+      gray (0.01) a ReLU channel that is off at gray has no gradient and never moves.
+    init: optional ``(F, H, W, C)`` images in [0, 1] to start from instead (e.g. a face).
+    batch_size: optimise this many filters at a time (``lax.map``) to bound memory; ``None``:
+      all at once.
+
+  Returns:
+    A :class:`Visualization` ``(images (F, H, W, C), trace (steps, F), start_images)``.
+
+  Raises:
+    ValueError: unknown ``layer``, a filter index out of range, a ``neuron`` outside the
+      maps, bad options or ``init``.
+
+  References:
+    Erhan et al., "Visualizing Higher-Layer Features of a Deep Network", 2009.
+    Yosinski et al., "Understanding Neural Networks Through Deep Visualization", 2015.
+    Olah et al., "Feature Visualization", Distill 2017 (Lucid; Lucent is its PyTorch port).
+  """
+  shape = _layer_shape(classifier, layer)
+  if isinstance(filters, jax.core.Tracer):
+    raise ValueError("`filters` must be concrete to be range-checked; under jax.jit pass them "
+                     "as a static argument")
+  filters_np = np.atleast_1d(np.asarray(filters))
+  if filters_np.ndim != 1 or filters_np.size == 0 or not np.issubdtype(filters_np.dtype,
+                                                                        np.integer):
+    raise ValueError(f"`filters` must be one or more integer channel indices, got {filters!r}")
+  bad = filters_np[(filters_np < 0) | (filters_np >= shape[-1])]
+  if bad.size:
+    raise ValueError(f"`filters` {bad.tolist()} out of range: layer {layer!r} has {shape[-1]} "
+                     f"filters (0..{shape[-1] - 1})")
+  neuron = _check_neuron(neuron, shape, layer)
+  if pixel_range not in _PIXEL_RANGES:
+    raise ValueError(f"`pixel_range` must be one of {_PIXEL_RANGES}, got {pixel_range!r}")
+  for name, v in (("steps", steps), ("jitter", jitter), ("blur_every", blur_every)):
+    if not isinstance(v, (int, np.integer)) or v < (1 if name == "steps" else 0):
+      raise ValueError(f"`{name}` must be an int >= {1 if name == 'steps' else 0}, got {v!r}")
+  if jitter >= min(classifier.input_shape[:2]):
+    raise ValueError(f"`jitter` {jitter} must be smaller than the image "
+                     f"{classifier.input_shape[:2]}")
+  if blur_every and not blur_sigma > 0:
+    raise ValueError(f"`blur_sigma` must be > 0, got {blur_sigma!r}")
+  for name, v in (("l2", l2), ("tv", tv), ("init_scale", init_scale)):
+    if not v >= 0:
+      raise ValueError(f"`{name}` must be >= 0, got {v!r}")
+  if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+    raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
+  if init is not None:
+    check_images(init, name="init", shape=classifier.input_shape)
+    if init.shape[0] != filters_np.size:
+      raise ValueError(f"`init` has {init.shape[0]} images, `filters` {filters_np.size}")
+    init = jnp.asarray(init, jnp.float32)
+  return _maximize(classifier, jnp.asarray(filters_np, jnp.int32), key, init, layer=layer,
+                   steps=int(steps), optimizer=optimizer or _default_optimizer(0.05),
+                   neuron=neuron, fourier=bool(fourier), pixel_range=pixel_range,
+                   decay_power=float(decay_power), l2=float(l2), tv=float(tv),
+                   jitter=int(jitter), blur_every=int(blur_every), blur_sigma=float(blur_sigma),
+                   init_scale=float(init_scale),
+                   batch_size=None if batch_size is None else int(batch_size))
