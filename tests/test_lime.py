@@ -262,3 +262,38 @@ def test_errors(sharp, images, key):
   with pytest.raises(ValueError, match="`images`"):
     fn(np.zeros((2, 32, 32, 3), np.float32))
   assert isinstance(sharp, Classifier)
+
+
+def test_lime_many_groups_compile_once(tiny_classifier, images, key):
+  traces = []
+
+  def counting_apply(variables, x, **kwargs):
+    traces.append(x.shape)
+    return tiny_classifier.apply_fn(variables, x, **kwargs)
+
+  clf = dataclasses.replace(tiny_classifier, apply_fn=counting_apply)
+  segments = jl.segment_faces(images)
+  seen = []
+  many = jl.lime_many(clf, images, [0, 3, 6], segments, key=key, num_samples=32,
+                      images_per_call=2, max_segments=60, progress=seen.append)
+  assert len(traces) == 1 and seen == [2, 1]
+  assert many.weights.shape == (3, 60)
+  first = jl.lime_batch(tiny_classifier, images[:2], np.array([0, 3]), segments[:2],
+                        key=jax.random.fold_in(key, 0), num_samples=32, max_segments=60)
+  np.testing.assert_allclose(many.weights[:2], first.weights, atol=1e-6)
+
+
+def test_lime_figure_and_cli(tiny_classifier, tmp_path):
+  from jaxplain import checkpoint, cli, viz
+  checkpoint.save_classifier(tiny_classifier, tmp_path / "clf")
+  out = tmp_path / "out"
+  assert cli.main(["lime", "--checkpoint", str(tmp_path / "clf"), "--out", str(out),
+                   "--num-samples", "16", "--per-class", "1"]) == 0
+  saved = np.load(out / "lime.npz")
+  assert saved["weights"].shape[0] == 7 and sorted(saved["labels"]) == list(range(7))
+  assert (out / "lime_classes.png").stat().st_size > 10_000
+  overlay = viz.lime_overlay(np.zeros((4, 4, 1)), np.array([[0, 0, 1, 1]] * 4),
+                             np.array([1.0, -1.0]), num_features=1)
+  assert overlay.shape == (4, 4, 3) and overlay[0, 0, 1] > 0 and overlay[0, 3, 0] > 0
+  assert cli.main(["lime", "--checkpoint", str(tmp_path / "clf"), "--out", str(out),
+                   "--num-samples", "1"]) == 2
