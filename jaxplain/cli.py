@@ -132,6 +132,49 @@ def cmd_lime(args) -> int:
   return 0
 
 
+def cmd_filters(args) -> int:
+  import jax
+  import numpy as np
+  from tqdm.auto import tqdm
+
+  from jaxplain import data, feature_vis, viz
+  clf = _checkpoint(args)
+  layer = args.layer or feature_vis.default_layer(clf)
+  clf.check_layer(layer)
+  filters = feature_vis.parse_filters(args.filters, feature_vis.filter_count(clf, layer))
+  if args.image:
+    face = data.load_images([args.image])[0]
+  else:
+    sample = data.sample_faces()
+    face = sample.images[int(np.flatnonzero(sample.labels == 3)[0])]  # a happy face
+  options = dict(steps=args.steps, fourier=args.fourier, jitter=args.jitter, tv=args.tv,
+                 l2=args.l2, blur_every=args.blur_every, blur_sigma=args.blur_sigma,
+                 pixel_range=args.pixel_range)
+  with tqdm(total=len(filters), desc=f"gradient ascent on {layer}", unit="filter") as bar:
+    vis = feature_vis.maximize_filters(clf, layer, filters, key=jax.random.key(args.seed),
+                                       chunk=args.chunk, progress=bar.update, **options)
+  index = (np.arange(len(filters)), np.asarray(filters))
+  start = np.asarray(feature_vis.channel_activation(clf, vis.start_images, layer))[index]
+  final = np.asarray(feature_vis.channel_activation(clf, vis.images, layer))[index]
+  maps = np.asarray(feature_vis.activations(clf, data.to_float(face[None]), layer))[0]
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  viz.save(viz.filter_grid_figure(vis.images, filters, layer=layer), out / f"filters_{layer}.png")
+  viz.save(viz.feature_maps_figure(face, maps[..., filters], filters, layer=layer),
+           out / f"feature_maps_{layer}.png")
+  np.savez_compressed(out / f"filters_{layer}.npz", filters=np.asarray(filters),
+                      images=vis.images, trace=vis.trace, start_images=vis.start_images,
+                      face=face, feature_maps=maps)
+  summary = {"layer": layer, "filters": filters, "seed": args.seed, "options": options,
+             "start_activation": start.tolist(), "final_activation": final.tolist()}
+  (out / f"filters_{layer}.json").write_text(json.dumps(summary, indent=1))
+  print(f"{layer}: {len(filters)} filters, mean activation {start.mean():.3g} at the random "
+        f"start -> {final.mean():.3g} after {args.steps} steps")
+  _log(f"wrote {out / f'filters_{layer}.png'}, {out / f'feature_maps_{layer}.png'}, "
+       f"filters_{layer}.npz and filters_{layer}.json")
+  return 0
+
+
 def _add_data_args(p, *, split_default=None):
   p.add_argument("--data", help="FER2013 CSV (Kaggle or course layout, plain or .gz) or image "
                  "folder; default: the bundled sample faces")
@@ -191,6 +234,27 @@ def parser() -> argparse.ArgumentParser:
   li.add_argument("--seed", type=int, default=0)
   li.add_argument("--out", required=True, help="write lime_classes.png, lime.npz, lime.json")
   li.set_defaults(func=cmd_lime)
+  fi = sub.add_parser("filters", help="the input that maximises each filter of a layer, and "
+                      "the filters' outputs on a face")
+  fi.add_argument("--checkpoint", help="classifier directory (default: the shipped one)")
+  fi.add_argument("--layer", help="layer name (default: a middle conv layer, conv3_2 for "
+                  "jaxplain's CNN)")
+  fi.add_argument("--filters", default="0:64", help="slice (0:64, ::4) or list (1,5,9)")
+  fi.add_argument("--image", help="face image file for the filter outputs (default: a bundled "
+                  "sample face)")
+  fi.add_argument("--out", required=True, help="output directory")
+  fi.add_argument("--steps", type=int, default=256)
+  fi.add_argument("--fourier", action=argparse.BooleanOptionalAction, default=True,
+                  help="decorrelated Fourier parameterisation (Lucid/Lucent fft_image)")
+  fi.add_argument("--pixel-range", choices=("sigmoid", "clip"), default="sigmoid")
+  fi.add_argument("--jitter", type=int, default=2, help="random shift in pixels per step")
+  fi.add_argument("--tv", type=float, default=0.0, help="total-variation weight")
+  fi.add_argument("--l2", type=float, default=0.0, help="L2 decay weight")
+  fi.add_argument("--blur-every", type=int, default=0, help="blur every N steps (0: never)")
+  fi.add_argument("--blur-sigma", type=float, default=0.5)
+  fi.add_argument("--chunk", type=int, default=16, help="filters per compiled call")
+  fi.add_argument("--seed", type=int, default=0)
+  fi.set_defaults(func=cmd_filters)
   return p
 
 

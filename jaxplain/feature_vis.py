@@ -32,6 +32,8 @@ __all__ = [
     "default_layer",
     "filter_count",
     "maximize_activation",
+    "maximize_filters",
+    "parse_filters",
 ]
 
 # Lucid's constant: the Fourier image is divided by 4 before the sigmoid ("reduces saturation").
@@ -408,3 +410,66 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
                    jitter=int(jitter), blur_every=int(blur_every), blur_sigma=float(blur_sigma),
                    init_scale=float(init_scale),
                    batch_size=None if batch_size is None else int(batch_size))
+
+
+def maximize_filters(classifier: Classifier, layer: str, filters: Sequence[int] | int, *,
+                     key: jax.Array, chunk: int = 16, progress=None,
+                     **options) -> Visualization:
+  """:func:`maximize_activation` over many filters, ``chunk`` at a time, reporting progress.
+
+  Gives the same images as one call (each filter's randomness comes from
+  ``fold_in(key, filter)``); every chunk has the same size (the last is padded by repeating
+  its first filter), so one compilation serves them all.
+
+  Args:
+    classifier, layer, filters, key: as for :func:`maximize_activation`.
+    chunk: filters per compiled call.
+    progress: optional ``progress(n)`` called after each chunk with its number of filters.
+    **options: the keyword options of :func:`maximize_activation` (not ``init``).
+
+  Returns:
+    A :class:`Visualization` for all ``filters``.
+  """
+  filters = [int(f) for f in np.atleast_1d(np.asarray(filters))]
+  if not isinstance(chunk, (int, np.integer)) or chunk < 1:
+    raise ValueError(f"`chunk` must be a positive int, got {chunk!r}")
+  if "init" in options:
+    raise ValueError("`init` is not supported by maximize_filters; use maximize_activation")
+  size = min(chunk, len(filters)) if filters else 1
+  parts = []
+  for i in range(0, len(filters), size):
+    part = filters[i:i + size]
+    padded = part + [part[0]] * (size - len(part))
+    r = maximize_activation(classifier, layer, padded, key=key, **options)
+    parts.append(jax.tree.map(lambda a, n=len(part): np.asarray(a[:n]),
+                              Visualization(r.images, r.trace.T, r.start_images)))
+    if progress is not None:
+      progress(len(part))
+  if not parts:
+    raise ValueError("`filters` is empty")
+  images, trace_t, start = (np.concatenate(a) for a in zip(*parts))
+  return Visualization(images, trace_t.T, start)
+
+
+def parse_filters(text: str, count: int) -> list[int]:
+  """``"0:64"``, ``"3"``, ``"1,5,9"``, ``"::4"`` or ``"all"`` → filter indices below ``count``.
+
+  A slice is clipped to ``count`` (like Python's); listed indices must exist.
+  """
+  text = text.strip()
+  if text in ("", "all", ":"):
+    return list(range(count))
+  try:
+    if ":" in text:
+      parts = [int(t) if t.strip() else None for t in text.split(":")]
+      if len(parts) > 3:
+        raise ValueError(text)
+      return list(range(count))[slice(*parts)]
+    picked = [int(t) for t in text.split(",") if t.strip()]
+  except ValueError:
+    raise ValueError(f"`filters` {text!r}: expected a slice like 0:64, or indices like 1,5,9")
+  bad = [f for f in picked if not 0 <= f < count]
+  if bad:
+    raise ValueError(f"`filters` {bad} out of range: the layer has {count} filters "
+                     f"(0..{count - 1})")
+  return picked

@@ -76,6 +76,72 @@ def per_class_accuracy_figure(per_class, class_names, *, ax=None, title: str = "
 # --- filter figures (issue 5) ---
 
 
+def _grid_axes(n: int, cols: int, size: float, extra: int = 0):
+  cols = max(1, min(cols, n + extra))
+  rows = -(-(n + extra) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(size * cols, (size + 0.15) * rows + 0.4),
+                           squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  return fig, axes.ravel()
+
+
+def filter_grid_figure(images, filters, *, layer: str = "", scores=None, cols: int = 8,
+                       title: str = ""):
+  """The optimised input of each filter of a layer (question 2, part 1), one tile per filter.
+
+  Args:
+    images: ``(F, H, W, 1)`` or ``(F, H, W)`` in [0, 1] (``maximize_activation(...).images``).
+    filters: the F filter indices (tile labels).
+    layer: the layer's name, for the title.
+    scores: optional ``(F,)`` numbers printed under each tile (e.g. the ratio to the best
+      real face).
+    cols: tiles per row.
+    title: overrides the default title.
+  """
+  images = np.asarray(images)
+  images = images[..., 0] if images.ndim == 4 else images
+  fig, axes = _grid_axes(len(images), cols, 1.25)
+  for i, (ax, image, f) in enumerate(zip(axes, images, filters)):
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    label = f"#{int(f)}" + (f"  {float(scores[i]):.2g}×" if scores is not None else "")
+    ax.set_title(label, fontsize=7, pad=2)
+  fig.suptitle(title or f"inputs that maximise each filter of {layer}", fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def feature_maps_figure(face, maps, filters, *, layer: str = "", cols: int = 8,
+                        title: str = ""):
+  """A face and what the filters of a layer output on it (question 2, part 2).
+
+  Args:
+    face: ``(H, W, 1)``, ``(H, W)`` in [0, 1] or uint8.
+    maps: ``(h, w, F)`` activations of those filters on the face
+      (``activations(clf, face[None], layer)[0][..., filters]``).
+    filters: the F filter indices (tile labels).
+    layer: the layer's name, for the title.
+    cols: tiles per row (the face takes the first).
+    title: overrides the default title.
+
+  Each map has its own colour scale (``viridis``, 0 at the bottom); its maximum is printed.
+  """
+  face, maps = np.asarray(face), np.asarray(maps)
+  face = face[..., 0] if face.ndim == 3 else face
+  fig, axes = _grid_axes(maps.shape[-1], cols, 1.25, extra=1)
+  axes[0].imshow(face, cmap="gray", vmin=0, vmax=255 if face.dtype == np.uint8 else 1)
+  axes[0].set_title("input", fontsize=7, pad=2)
+  for ax, i, f in zip(axes[1:], range(maps.shape[-1]), filters):
+    m = maps[..., i]
+    top = float(m.max())
+    ax.imshow(m, cmap="viridis", vmin=min(0.0, float(m.min())), vmax=top if top > 0 else 1,
+              interpolation="nearest")
+    ax.set_title(f"#{int(f)} max {top:.2g}", fontsize=7, pad=2)
+  fig.suptitle(title or f"outputs of the filters of {layer} on a face", fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
 # --- LIME figures (issue 6) ---
 
 
