@@ -237,10 +237,12 @@ def _regression_dtype():
 
 
 def _cosine_kernel(masks, valid, kernel_width):
-  """lime's weights: ``sqrt(exp(-d² / width²))``, d = cosine distance to the all-ones row."""
+  """lime's sample weights ``sqrt(exp(-d² / width²))``, ``d`` the cosine distance of each mask
+  row to row 0 (the unperturbed image), as ``sklearn.metrics.pairwise_distances`` computes it.
+  """
   m = masks * valid[None, :]
-  dot = m.sum(-1)
-  norm = jnp.sqrt((m * m).sum(-1)) * jnp.sqrt(valid.sum(-1))
+  dot = m @ m[0]
+  norm = jnp.sqrt((m * m).sum(-1)) * jnp.sqrt((m[0] * m[0]).sum())
   similarity = jnp.where(norm > 0, dot / jnp.where(norm > 0, norm, 1), 0)  # sklearn: 0-rows → 0
   d = jnp.clip(1 - similarity, 0, 2)
   return jnp.sqrt(jnp.exp(-(d ** 2) / kernel_width ** 2))
@@ -279,11 +281,12 @@ def _lime_core(forward, images, target, segments, masks, hide, kernel_width, alp
   n, h, w_, c = images.shape
   s, m = masks.shape[1], masks.shape[2]
   dtype = _regression_dtype()
-  onehot = jax.nn.one_hot(segments.reshape(n, h * w_), m, dtype=images.dtype)  # (N, HW, M)
-  counts = onehot.sum(1)  # (N, M)
+  flat = segments.reshape(n, h * w_)
+  per_segment = jax.vmap(functools.partial(jax.ops.segment_sum, num_segments=m))
+  counts = per_segment(jnp.ones(flat.shape, images.dtype), flat)  # (N, M) pixels per label
   valid = counts > 0
   if mean_fill:  # lime's "fudged image" with hide_color=None: each superpixel's mean colour
-    sums = jnp.einsum("npm,npc->nmc", onehot, images.reshape(n, h * w_, c), precision=_HIGHEST)
+    sums = per_segment(images.reshape(n, h * w_, c), flat)  # (N, M, C)
     means = sums / jnp.maximum(counts, 1)[..., None]
     fudged = jnp.take_along_axis(means, segments.reshape(n, h * w_, 1), axis=1)
     fudged = fudged.reshape(images.shape)
