@@ -175,6 +175,39 @@ def cmd_filters(args) -> int:
   return 0
 
 
+def cmd_convert(args) -> int:
+  import numpy as np
+
+  from jaxplain import checkpoint, convert, data
+  try:
+    model_args = json.loads(args.model_args) if args.model_args else {}
+  except json.JSONDecodeError as e:
+    raise ValueError(f"--model-args is not JSON ({e}): {args.model_args!r}") from None
+  cls = convert.import_class(args.model)
+  module = cls(*model_args) if isinstance(model_args, list) else cls(**model_args)
+  if args.weights:
+    convert.load_torch_weights(module, args.weights, key=args.key, trusted=args.trusted)
+  else:
+    _log("no --weights: converting the module's freshly initialised weights")
+  floats = lambda text: [float(t) for t in text.split(",")]
+  clf = convert.from_torch(module, input_shape=args.input_shape, mean=floats(args.mean),
+                           std=floats(args.std), output_activation=args.output_activation)
+  h, w, c = clf.input_shape
+  path = checkpoint.save_classifier(clf, args.out, overwrite=args.overwrite, extra={
+      "converted_from": {"model": args.model, "model_args": model_args,
+                         "weights": pathlib.Path(args.weights).name if args.weights else None,
+                         "key": args.key}})
+  print(f"converted {cls.__name__}: {len(clf.layer_names)} layers, {clf.num_classes} outputs; "
+        f"saved to {path}")
+  if (h, w) == (48, 48) and c in (1, 3):
+    faces = data.sample_faces()
+    images = np.repeat(data.to_float(faces.images), c, axis=-1)
+    diff = convert.torch_difference(module, clf, images)
+    print(f"on {diff['n']} bundled FER2013 faces: max |torch - jax| = "
+          f"{diff['max_abs_diff']:.3g}, predictions agree on {diff['argmax_agree']}/{diff['n']}")
+  return 0
+
+
 def _add_data_args(p, *, split_default=None):
   p.add_argument("--data", help="FER2013 CSV (Kaggle or course layout, plain or .gz) or image "
                  "folder; default: the bundled sample faces")
@@ -255,6 +288,22 @@ def parser() -> argparse.ArgumentParser:
   fi.add_argument("--chunk", type=int, default=16, help="filters per compiled call")
   fi.add_argument("--seed", type=int, default=0)
   fi.set_defaults(func=cmd_filters)
+  c = sub.add_parser("convert", help="convert a PyTorch CNN into a jaxplain checkpoint")
+  c.add_argument("--model", required=True,
+                 help="pkg.module:ClassName or path/to/file.py:ClassName (loaded by path)")
+  c.add_argument("--model-args", help='constructor arguments as JSON: {"in_c": 1} or [1, 32]')
+  c.add_argument("--weights", help="torch.save file with the state dict")
+  c.add_argument("--key", help="entry of the checkpoint dict holding the state dict")
+  c.add_argument("--trusted", action="store_true",
+                 help="allow pickled Python objects in --weights (runs their code)")
+  c.add_argument("--input-shape", type=_ints, default=(1, 48, 48), help="C,H,W")
+  c.add_argument("--mean", default="0.0", help="normalisation mean (scalar or per channel a,b,c)")
+  c.add_argument("--std", default="1.0", help="normalisation std (scalar or per channel)")
+  c.add_argument("--output-activation", choices=("keep", "strip"), default="keep",
+                 help="strip a final Sigmoid/Softmax/LogSoftmax so explanations see logits")
+  c.add_argument("--out", required=True, help="checkpoint directory to write")
+  c.add_argument("--overwrite", action="store_true")
+  c.set_defaults(func=cmd_convert)
   return p
 
 

@@ -300,7 +300,7 @@ def _max_pool(a, p, w, guided):
   (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p["kernel"], p["stride"], p["padding"], p["dilation"]
   _, eh = _pool_size(x.shape[2], kh, sh, ph, dh, p["ceil_mode"])
   _, ew = _pool_size(x.shape[3], kw, sw, pw, dw, p["ceil_mode"])
-  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, 1, kh, kw),
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, kh, kw),
                            (1, 1, sh, sw), ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)),
                            window_dilation=(1, 1, dh, dw))
 
@@ -319,7 +319,7 @@ def _avg_pool(a, p, w, guided):
   (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["padding"]
   oh, eh = _pool_size(x.shape[2], kh, sh, ph, 1, p["ceil_mode"])
   ow, ew = _pool_size(x.shape[3], kw, sw, pw, 1, p["ceil_mode"])
-  total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, (1, 1, kh, kw), (1, 1, sh, sw),
+  total = lax.reduce_window(x, 0.0, lax.add, (1, 1, kh, kw), (1, 1, sh, sw),
                             ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)))
   if p["divisor_override"]:
     return total / p["divisor_override"]
@@ -755,16 +755,20 @@ def from_torch(module, *, input_shape: Sequence[int] = (1, 48, 48), mean=0.0, st
     rng = np.random.default_rng(0)
     images = {n: rng.uniform(size=(n, h, w, c)) for n in (2, 3)}
     mean_a, std_a = np.asarray(mean_t), np.asarray(std_t)
-    example = {n: torch.as_tensor(((im - mean_a) / std_a).transpose(0, 3, 1, 2),
-                                  dtype=tdtype, device=device) for n, im in images.items()}
-    runs = {n: _run(gm, example[n]) for n in (2, 3)}
+    example = {n: torch.as_tensor(np.ascontiguousarray(((im - mean_a) / std_a).transpose(
+        0, 3, 1, 2)), dtype=tdtype, device=device) for n, im in images.items()}
+    try:
+      runs = {n: _run(gm, example[n]) for n in (2, 3)}
+    except Exception as e:  # the module's own error, e.g. a Linear that wants another size
+      raise ValueError(f"{type(module).__name__} fails on inputs of `input_shape` {(c, h, w)} "
+                       f"(N, C, H, W): {type(e).__name__}: {str(e).splitlines()[0]}") from None
     graph, flat, out_name = _convert_graph(gm, runs, (c, h, w), mean_t, std_t)
   finally:
     module.train(was_training)
   variables = jax.tree.map(jnp.asarray, _nest(flat))
   reference = runs[2][out_name]
   if check:
-    got = np.asarray(graph(variables, jnp.asarray(images[2], jnp.asarray(
+    got = np.asarray(jax.jit(graph)(variables, jnp.asarray(images[2], jnp.asarray(
         jax.tree.leaves(variables)[0] if flat else np.float32(0)).dtype)), np.float64)
     want = reference.detach().cpu().double().numpy().reshape(got.shape)
     tol = (1e-8 if got.dtype == np.float64 and tdtype == torch.float64 else 1e-3)
@@ -1087,8 +1091,8 @@ def torch_difference(module, clf: models.Classifier, images) -> dict[str, Any]:
   module.eval()
   try:
     with torch.no_grad():
-      want = module(torch.as_tensor(((images - mean) / std).transpose(0, 3, 1, 2),
-                                    dtype=ref.dtype, device=ref.device))
+      want = module(torch.as_tensor(np.ascontiguousarray(((images - mean) / std).transpose(
+          0, 3, 1, 2)), dtype=ref.dtype, device=ref.device))
   finally:
     module.train(was_training)
   want = want.detach().cpu().double().numpy().reshape(len(images), -1)
