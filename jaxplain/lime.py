@@ -10,7 +10,8 @@ Two ways to run LIME on a :class:`~jaxplain.models.Classifier`:
   images built vectorised, one chunked forward over every image and sample, lime's cosine
   distance and kernel, and a weighted ridge regression with sklearn ``Ridge`` semantics, for a
   whole batch of images at fixed shapes. Given lime's segments and masks it reproduces lime's
-  weights (tests/test_lime.py).
+  weights (tests/test_lime.py). :func:`lime_many` runs it over any number of faces in groups of
+  one compiled shape, with a progress callback.
 
 Superpixels: :func:`segment_face` is scikit-image SLIC tuned for 48×48 faces (about 25-45
 superpixels; lime's default quickshift gives only a handful on images this small), labelled
