@@ -60,7 +60,8 @@ def _torch_out(module, images, mean=0.0, std=1.0, dtype=torch.float32):
 
 def _check(module, shape, *, mean=0.0, std=1.0, atol=1e-4, n=3, **kwargs):
   module = _randomise(module)
-  clf = convert.from_torch(module, input_shape=shape, mean=mean, std=std, **kwargs)
+  # check=False: this test does the comparison with PyTorch itself (and saves a compilation)
+  clf = convert.from_torch(module, input_shape=shape, mean=mean, std=std, check=False, **kwargs)
   x = _images(n, shape)
   got = np.asarray(jax.jit(clf.forward)(jnp.asarray(x)), np.float64)
   want = _torch_out(module, x, mean, std)
@@ -282,7 +283,7 @@ def test_strip_final_activation_gives_pytorch_pre_activation():
   want = _torch_out(module.net[:4], x).reshape(3, 7)
   np.testing.assert_allclose(clf.forward(jnp.asarray(x)), want, atol=1e-5)
   assert "net.4" not in clf.layer_names and "net.4" in convert.from_torch(
-      module, input_shape=(1, 8, 8)).layer_names
+      module, input_shape=(1, 8, 8), check=False).layer_names
   diff = convert.torch_difference(module, clf, x)
   assert diff["max_abs_diff"] < 1e-5 and diff["argmax_agree"] == 3
 
@@ -290,7 +291,7 @@ def test_strip_final_activation_gives_pytorch_pre_activation():
 def test_layer_names_taps_and_delta_match_pytorch_hooks():
   torch.manual_seed(0)
   module = _randomise(Net())
-  clf = convert.from_torch(module, input_shape=(1, 16, 16))
+  clf = convert.from_torch(module, input_shape=(1, 16, 16), check=False)
   leaf_calls = []
   hooks = [m.register_forward_hook(lambda m, i, o, name=name: leaf_calls.append(name))
            for name, m in module.named_modules() if not list(m.children())]
@@ -344,7 +345,7 @@ def test_reused_module_gets_numbered_taps():
 def test_jit_equals_eager_and_gradient_matches_torch_autograd():
   torch.manual_seed(0)
   module = _randomise(Net())
-  clf = convert.from_torch(module, input_shape=(1, 16, 16))
+  clf = convert.from_torch(module, input_shape=(1, 16, 16), check=False)
   x = jnp.asarray(_images(3, (1, 16, 16)))
   np.testing.assert_allclose(jax.jit(clf.forward)(x), clf.forward(x), atol=1e-6)
   g = jax.jit(jax.grad(lambda v: clf.forward(v)[:, 2].sum()))(x)
@@ -359,7 +360,7 @@ def test_guided_gradients_match_captum_guided_backprop():
   module = _randomise(nn.Sequential(
       nn.Conv2d(1, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3), nn.BatchNorm2d(8),
       nn.ReLU(), nn.Flatten(), nn.Linear(8 * 3 * 3, 16), nn.ReLU(), nn.Linear(16, 7)))
-  clf = convert.from_torch(module, input_shape=(1, 12, 12))
+  clf = convert.from_torch(module, input_shape=(1, 12, 12), check=False)
   x = _images(4, (1, 12, 12))
   target = np.array([0, 3, 5, 6])
   xt = torch.as_tensor(x.transpose(0, 3, 1, 2))
@@ -375,7 +376,7 @@ def test_float64_module_converts_to_float64():
   torch.manual_seed(0)
   module = _randomise(Net()).double()
   with jax.enable_x64(True):
-    clf = convert.from_torch(module, input_shape=(1, 16, 16))
+    clf = convert.from_torch(module, input_shape=(1, 16, 16), check=False)
     assert {str(v.dtype) for v in jax.tree.leaves(clf.variables)} == {"float64"}
     x = _images(2, (1, 16, 16)).astype(np.float64)
     forward = jax.jit(clf.forward)
@@ -425,6 +426,26 @@ class Branchy(nn.Module):
 def test_unsupported_raises_naming_op_and_path(module, match):
   with pytest.raises(ValueError, match=match):
     convert.from_torch(module(), input_shape=(1, 2, 2) if module is Branchy else (1, 6, 6))
+
+
+class InPlace(nn.Module):
+  """Mutates a tensor in place that it uses again: PyTorch semantics torch.fx cannot see."""
+
+  def __init__(self):
+    super().__init__()
+    self.act = nn.ReLU(inplace=True)
+    self.fc = nn.Linear(4, 2)
+
+  def forward(self, x):
+    h = x.flatten(1) - 0.5
+    y = self.act(h)                                     # h is now relu'd too
+    return self.fc(y + h)
+
+
+def test_conversion_check_refuses_a_silently_different_model():
+  with pytest.raises(ValueError, match="differs from PyTorch"):
+    convert.from_torch(InPlace(), input_shape=(1, 2, 2))
+  convert.from_torch(InPlace(), input_shape=(1, 2, 2), check=False)  # the user's choice
 
 
 def test_argument_errors():
@@ -513,7 +534,7 @@ print(clf.layer_names)
 def test_save_load_roundtrip_without_torch_and_jit_cache_hits(tmp_path):
   torch.manual_seed(0)
   module = _randomise(Net())
-  clf = convert.from_torch(module, input_shape=(1, 16, 16), mean=0.5, std=0.25)
+  clf = convert.from_torch(module, input_shape=(1, 16, 16), mean=0.5, std=0.25, check=False)
   x = _images(3, (1, 16, 16))
   checkpoint.save_classifier(clf, tmp_path / "clf")
   np.save(tmp_path / "x.npy", x)
