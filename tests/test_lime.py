@@ -297,3 +297,15 @@ def test_lime_figure_and_cli(tiny_classifier, tmp_path):
   assert overlay.shape == (4, 4, 3) and overlay[0, 0, 1] > 0 and overlay[0, 3, 0] > 0
   assert cli.main(["lime", "--checkpoint", str(tmp_path / "clf"), "--out", str(out),
                    "--num-samples", "1"]) == 2
+
+
+def test_explain_segmentation_is_configurable(sharp, images):
+  from lime.wrappers.scikit_image import SegmentationAlgorithm
+  coarse = jl.explain(sharp, images[0], label=(3, 4), num_samples=50,
+                      segmentation=lambda image: jl.segment_face(image, n_segments=16))
+  assert coarse.segments.max() + 1 < jl.segment_face(images[0]).max() + 1
+  assert set(coarse.local_exp) == {3, 4}
+  wrapped = jl.explain(sharp, images[0], label=3, num_samples=50,
+                       segmentation=SegmentationAlgorithm("slic", n_segments=30, compactness=0.1,
+                                                          start_label=0))
+  assert len(wrapped.local_exp[3]) == wrapped.segments.max() + 1
