@@ -701,6 +701,17 @@ def _run(gm, x):
   return values
 
 
+def _to_torch(array, dtype, device):
+  """A torch tensor with standard (row-major) strides, as a DataLoader would give.
+
+  ``torch.as_tensor`` keeps NumPy's strides, and a transposed (N, 1, H, W) array looks
+  channels-last to PyTorch, whose convs then return channels-last tensors that ``view`` rejects.
+  """
+  torch = _torch()
+  return torch.empty(array.shape, dtype=dtype, device=device).copy_(
+      torch.from_numpy(np.asarray(array)))
+
+
 def _norm(v, name: str, channels: int) -> tuple[float, ...]:
   arr = np.asarray(v, np.float64).reshape(-1)
   if arr.size not in (1, channels):
@@ -755,8 +766,8 @@ def from_torch(module, *, input_shape: Sequence[int] = (1, 48, 48), mean=0.0, st
     rng = np.random.default_rng(0)
     images = {n: rng.uniform(size=(n, h, w, c)) for n in (2, 3)}
     mean_a, std_a = np.asarray(mean_t), np.asarray(std_t)
-    example = {n: torch.as_tensor(np.ascontiguousarray(((im - mean_a) / std_a).transpose(
-        0, 3, 1, 2)), dtype=tdtype, device=device) for n, im in images.items()}
+    example = {n: _to_torch(((im - mean_a) / std_a).transpose(0, 3, 1, 2), tdtype, device)
+               for n, im in images.items()}
     try:
       runs = {n: _run(gm, example[n]) for n in (2, 3)}
     except Exception as e:  # the module's own error, e.g. a Linear that wants another size
@@ -1091,8 +1102,8 @@ def torch_difference(module, clf: models.Classifier, images) -> dict[str, Any]:
   module.eval()
   try:
     with torch.no_grad():
-      want = module(torch.as_tensor(np.ascontiguousarray(((images - mean) / std).transpose(
-          0, 3, 1, 2)), dtype=ref.dtype, device=ref.device))
+      want = module(_to_torch(((images - mean) / std).transpose(0, 3, 1, 2), ref.dtype,
+                              ref.device))
   finally:
     module.train(was_training)
   want = want.detach().cpu().double().numpy().reshape(len(images), -1)

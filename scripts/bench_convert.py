@@ -70,7 +70,7 @@ def run(report):
   faces = data.to_float(data.sample_faces().images)
   x = np.concatenate([faces] * (BATCH // len(faces) + 1))[:BATCH]
   xj = jnp.asarray(x)
-  xt = torch.as_tensor(np.ascontiguousarray(((x - 0.5) / 0.5).transpose(0, 3, 1, 2)))
+  xt = convert._to_torch(((x - 0.5) / 0.5).transpose(0, 3, 1, 2), torch.float32, "cpu")
 
   fwd = jax.jit(clf.forward)
   t0 = time.perf_counter()

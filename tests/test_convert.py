@@ -52,8 +52,7 @@ def _images(n, shape, seed=0):
 def _torch_out(module, images, mean=0.0, std=1.0, dtype=torch.float32):
   mean = np.asarray(mean, np.float64).reshape(1, 1, 1, -1)
   std = np.asarray(std, np.float64).reshape(1, 1, 1, -1)
-  x = torch.as_tensor(np.ascontiguousarray(((images - mean) / std).transpose(0, 3, 1, 2)),
-                      dtype=dtype)
+  x = convert._to_torch(((images - mean) / std).transpose(0, 3, 1, 2), dtype, "cpu")
   with torch.no_grad():
     return module(x).double().numpy()
 
@@ -255,10 +254,29 @@ class FullyConv(nn.Module):
     return self.net(x)
 
 
+class KaggleStyle(nn.Module):
+  """One gray channel, one ReLU module reused, view(size(0), -1), in-place +=, LogSoftmax."""
+
+  def __init__(self):
+    super().__init__()
+    self.cnn1, self.cnn2 = nn.Conv2d(1, 4, 3, bias=False), nn.Conv2d(4, 4, 3, padding=1)
+    self.bn1, self.relu, self.pool = nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.MaxPool2d(2)
+    self.fc = nn.Linear(4 * 3 * 3, 7)
+    self.log_softmax = nn.LogSoftmax(dim=1)
+
+  def forward(self, x):
+    x = self.relu(self.bn1(self.cnn1(x)))
+    out = self.cnn2(x)
+    out += x
+    x = self.pool(self.relu(out))
+    x = x.view(x.size(0), -1)
+    return self.log_softmax(self.fc(F.dropout(x, 0.5, training=self.training)))
+
+
 @pytest.mark.parametrize("make, shape", [
     (Convs, (3, 12, 14)), (BNs, (1, 14, 14)), (ActivationModules, (2, 6, 6)),
     (ActivationFunctions, (2, 6, 6)), (Pools, (1, 19, 19)), (Reshapes, (2, 9, 11)),
-    (Pads, (1, 8, 7)), (Net, (1, 16, 16)), (FullyConv, (1, 8, 8))],
+    (Pads, (1, 8, 7)), (Net, (1, 16, 16)), (FullyConv, (1, 8, 8)), (KaggleStyle, (1, 8, 8))],
     ids=lambda v: getattr(v, "__name__", ""))
 def test_matches_pytorch(make, shape):
   torch.manual_seed(0)
