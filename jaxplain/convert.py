@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import math
 import operator
 import pathlib
 import sys
@@ -877,8 +876,9 @@ def _convert_graph(gm, runs, input_shape, mean, std):
     entry = funcs.get(target) if node.op == "call_function" else methods.get(target)
     what = getattr(target, "__name__", str(target))
     if entry is None:
+      kinds = sorted({k for k, _ in funcs.values()})
       raise ValueError(f"unsupported op {what!r} ({node.op}) at {path!r} (fx node "
-                       f"{node.name!r}); jaxplain converts {sorted({k for k, _ in funcs.values()})}")
+                       f"{node.name!r}); jaxplain converts {kinds}")
     kind, spec = entry
     if kind == "permute" and node.op == "call_method":
       dims = node.args[1:] if not isinstance(node.args[1], (list, tuple)) else node.args[1]

@@ -7,7 +7,6 @@ is the pretrained FER2013 NetworkV2 of facial_emotion_recognition 0.3.4 (tests/r
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
