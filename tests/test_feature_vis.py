@@ -269,7 +269,7 @@ def test_gradient_matches_torch(clf, faces):
 
 @pytest.mark.slow
 def test_trained_filters_beat_best_real_face(shared_csv):
-  if not (CHECKPOINT / "metadata.json").is_file() and not any(CHECKPOINT.glob("*.json")):
+  if not (CHECKPOINT / "jaxplain.json").is_file():
     pytest.skip(f"{CHECKPOINT} not present")
   from jaxplain import load_classifier
   clf = load_classifier(CHECKPOINT)
@@ -283,3 +283,105 @@ def test_trained_filters_beat_best_real_face(shared_csv):
   vis = fv.channel_activation(clf, r.images, "conv3_1")[jnp.arange(8), jnp.asarray(filters)]
   ratio = np.asarray(vis) / real[:, filters].max(0)
   assert (ratio > 1).all(), ratio
+
+
+# --- converted PyTorch models: the original module is the reference ------------------------
+
+
+def _torch_module():
+  torch = pytest.importorskip("torch")
+  nn = torch.nn
+  g = torch.Generator().manual_seed(0)
+  m = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                    nn.MaxPool2d(2), nn.Conv2d(6, 10, 3, padding=1), nn.ReLU(),
+                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 7))
+  with torch.no_grad():
+    m[1].running_mean.copy_(torch.randn(6, generator=g) * 0.3)
+    m[1].running_var.copy_(torch.rand(6, generator=g) + 0.5)
+  return m.eval()
+
+
+def test_converted_torch_model_activations_and_ascent(key):
+  """Own input shape (32×32), torch layer names; the reference is the torch module itself."""
+  torch = pytest.importorskip("torch")
+  from jaxplain import convert
+  module = _torch_module()
+  clf = convert.from_torch(module, input_shape=(1, 32, 32), check=False)
+  layer = "5"  # the second ReLU: (N, 16, 16, 10) in NHWC
+  x = np.random.default_rng(0).uniform(size=(3, 32, 32, 1)).astype(np.float32)
+  with torch.no_grad():
+    ref = module[:6](torch.tensor(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(fv.activations(clf, jnp.asarray(x), layer), ref, atol=1e-5)
+  assert fv.default_layer(clf) in clf.layer_names
+  r = fv.maximize_activation(clf, layer, (2, 9), key=key, steps=16)
+  assert r.images.shape == (2, 32, 32, 1)
+  for j, f in enumerate((2, 9)):
+    param = torch.logit(torch.tensor(np.asarray(r.start_images[j])).permute(2, 0, 1)[None])
+    param = param.detach().requires_grad_(True)
+    opt = torch.optim.Adam([param], lr=0.05)
+    trace = []
+    for _ in range(16):
+      opt.zero_grad()
+      value = module[:6](torch.sigmoid(param))[:, f].mean()
+      trace.append(float(value.detach()))
+      (-value).backward()
+      opt.step()
+    np.testing.assert_allclose(r.trace[:, j], trace, rtol=1e-3, atol=1e-4)
+    assert trace[-1] > trace[0]
+
+
+# --- chunked runs, filter parsing, figures and the CLI ------------------------------------
+
+
+def test_maximize_filters_equals_one_call(clf, key):
+  seen = []
+  chunked = fv.maximize_filters(clf, LAYER, FILTERS, key=key, chunk=2, progress=seen.append,
+                                steps=8, jitter=2)
+  whole = fv.maximize_activation(clf, LAYER, FILTERS, key=key, steps=8, jitter=2)
+  assert seen == [2, 2, 1]
+  np.testing.assert_allclose(chunked.images, whole.images, atol=1e-5)
+  np.testing.assert_allclose(chunked.trace, whole.trace, atol=1e-5)
+  with pytest.raises(ValueError, match="chunk"):
+    fv.maximize_filters(clf, LAYER, FILTERS, key=key, chunk=0)
+
+
+def test_parse_filters():
+  assert fv.parse_filters("0:4", 16) == [0, 1, 2, 3]
+  assert fv.parse_filters("0:64", 16) == list(range(16))
+  assert fv.parse_filters("::5", 16) == [0, 5, 10, 15]
+  assert fv.parse_filters("all", 3) == [0, 1, 2]
+  assert fv.parse_filters("1, 5,9", 16) == [1, 5, 9]
+  with pytest.raises(ValueError, match=r"\[16\] out of range.*16 filters"):
+    fv.parse_filters("3,16", 16)
+  with pytest.raises(ValueError, match="slice"):
+    fv.parse_filters("a:b", 16)
+
+
+def test_figures_and_cli(tiny_classifier, tmp_path, faces):
+  import json
+
+  from PIL import Image
+
+  from jaxplain import cli, save_classifier, viz
+  images = np.random.default_rng(0).uniform(size=(5, 48, 48, 1))
+  viz.save(viz.filter_grid_figure(images, FILTERS, layer=LAYER, scores=np.arange(5.0)),
+           tmp_path / "grid.png")
+  viz.save(viz.feature_maps_figure(faces.images[0], np.random.rand(24, 24, 5), FILTERS,
+                                   layer=LAYER), tmp_path / "maps.png")
+  assert (tmp_path / "grid.png").stat().st_size > 1000
+  save_classifier(tiny_classifier, tmp_path / "clf")
+  Image.fromarray(faces.images[3]).save(tmp_path / "face.png")
+  out = tmp_path / "out"
+  assert cli.main(["filters", "--checkpoint", str(tmp_path / "clf"), "--filters", "0:3",
+                   "--steps", "8", "--image", str(tmp_path / "face.png"), "--out", str(out)]) == 0
+  summary = json.loads((out / "filters_conv2_1.json").read_text())
+  assert summary["layer"] == "conv2_1" and summary["filters"] == [0, 1, 2]
+  z = np.load(out / "filters_conv2_1.npz")
+  assert z["images"].shape == (3, 48, 48, 1) and z["trace"].shape == (8, 3)
+  np.testing.assert_array_equal(z["face"], faces.images[3])
+  for name in ("filters_conv2_1.png", "feature_maps_conv2_1.png"):
+    assert (out / name).stat().st_size > 1000
+  assert cli.main(["filters", "--checkpoint", str(tmp_path / "clf"), "--layer", "conv7",
+                   "--out", str(out)]) == 2
+  assert cli.main(["filters", "--checkpoint", str(tmp_path / "clf"), "--filters", "99",
+                   "--out", str(out)]) == 2
