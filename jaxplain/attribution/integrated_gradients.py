@@ -39,9 +39,10 @@ def _torch_linspace32(start: float, end: float, n: int) -> np.ndarray:
 def approximation(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
   """The path points ``alphas`` in [0, 1] and quadrature ``weights`` of Captum's rule.
 
-  Identical to ``captum.attr._utils.approximation_methods``: Riemann points come from a float32
-  ``torch.linspace``, Gauss-Legendre points from ``numpy.polynomial.legendre.leggauss`` in
-  float64, and the weights are rounded to float32 as Captum's ``torch.tensor(step_sizes).float()``
+  Those of ``captum.attr._utils.approximation_methods``: Riemann points from a float32
+  ``torch.linspace`` (its scalar formula; PyTorch's SIMD lanes may round a point differently by
+  one float32 ulp), Gauss-Legendre points from ``numpy.polynomial.legendre.leggauss`` in
+  float64, and the weights rounded to float32 as Captum's ``torch.tensor(step_sizes).float()``
   does. Returns float64 arrays ``(steps,)`` holding those values.
   """
   if method not in METHODS:

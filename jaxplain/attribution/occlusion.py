@@ -59,7 +59,7 @@ def _occlusion(forward, inputs, target, baseline, *, window, stride, batch_size)
   m = jnp.asarray(masks, inputs.dtype)
   total = jnp.einsum("pn,phw->nhw", drops, m)
   count = jnp.sum(m, axis=0)
-  return (total / count)[..., None] * jnp.ones_like(inputs)
+  return (total / count[None])[..., None] * jnp.ones_like(inputs)
 
 
 def occlusion(forward, inputs, target, *, window, stride, baseline=0.0,
