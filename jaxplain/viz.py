@@ -72,6 +72,122 @@ def per_class_accuracy_figure(per_class, class_names, *, ax=None, title: str = "
 
 # --- attribution figures (issue 4) ---
 
+ATTR_SIGNS = ("all", "positive", "negative", "absolute_value")
+
+
+def normalize_attribution(attr, *, sign: str = "absolute_value", outlier_perc: float = 2.0):
+  """An ``(H, W[, C])`` attribution summed over channels and scaled to [-1, 1] or [0, 1].
+
+  Captum ``visualize_image_attr``'s normalisation: keep the ``sign`` part (``"all"``,
+  ``"positive"``, ``"negative"``, ``"absolute_value"``), divide by the value where the
+  cumulative sum of sorted ``|attr|`` reaches ``100 − outlier_perc`` percent of the total (so the
+  largest ``outlier_perc`` percent of the mass saturates), and clip.
+  """
+  if sign not in ATTR_SIGNS:
+    raise ValueError(f"`sign` must be one of {ATTR_SIGNS}, got {sign!r}")
+  if not 0 <= outlier_perc <= 100:
+    raise ValueError(f"`outlier_perc` must be in [0, 100], got {outlier_perc}")
+  attr = np.asarray(attr, np.float64)
+  if attr.ndim == 3:
+    attr = attr.sum(axis=2)
+  if attr.ndim != 2:
+    raise ValueError(f"`attr` must be (H, W) or (H, W, C), got shape {attr.shape}")
+  attr = {"all": attr, "positive": np.maximum(attr, 0), "negative": np.minimum(attr, 0),
+          "absolute_value": np.abs(attr)}[sign]
+  values = np.sort(np.abs(attr).ravel())
+  cums = np.cumsum(values)
+  threshold = values[np.flatnonzero(cums >= cums[-1] * 0.01 * (100.0 - outlier_perc))[0]]
+  if threshold == 0:
+    return np.zeros_like(attr)
+  return np.clip(attr / (-threshold if sign == "negative" else threshold), -1, 1)
+
+
+def _attr_cmap(sign: str):
+  from matplotlib.colors import LinearSegmentedColormap
+  if sign == "all":
+    return LinearSegmentedColormap.from_list("RdWhGn", ["red", "white", "green"]), -1, 1
+  return {"positive": "Greens", "negative": "Reds", "absolute_value": "Blues"}[sign], 0, 1
+
+
+def attribution_figure(image, attr, *, method: str = "blended_heat_map",
+                       sign: str = "absolute_value", outlier_perc: float = 2.0,
+                       alpha: float = 0.5, ax=None, title: str = "", colorbar: bool = False):
+  """One attribution map drawn like Captum's ``visualize_image_attr``.
+
+  Args:
+    image: the face ``(H, W)`` or ``(H, W, C)`` in [0, 1] (or uint8).
+    attr: its attribution ``(H, W)`` or ``(H, W, C)``.
+    method: ``"heat_map"``, ``"blended_heat_map"`` (the map over the gray face),
+      ``"original_image"`` or ``"masked_image"`` (the face times the normalised |map|).
+    sign, outlier_perc: see :func:`normalize_attribution`.
+    alpha: opacity of the heat map in ``"blended_heat_map"``.
+    ax: draw into this axis (else a new figure).
+  """
+  methods = ("heat_map", "blended_heat_map", "original_image", "masked_image")
+  if method not in methods:
+    raise ValueError(f"`method` must be one of {methods}, got {method!r}")
+  image = np.asarray(image, np.float64)
+  if image.max() > 1.0:
+    image = image / 255.0
+  gray = image.mean(axis=2) if image.ndim == 3 else image
+  fig = None
+  if ax is None:
+    fig, ax = plt.subplots(figsize=(3, 3))
+  ax.set_axis_off()
+  if method == "original_image":
+    ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
+  else:
+    norm = normalize_attribution(attr, sign=sign, outlier_perc=outlier_perc)
+    cmap, vmin, vmax = _attr_cmap(sign)
+    if method == "masked_image":
+      ax.imshow(gray * np.abs(norm), cmap="gray", vmin=0, vmax=1)
+    else:
+      if method == "blended_heat_map":
+        ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
+      im = ax.imshow(norm, cmap=cmap, vmin=vmin, vmax=vmax,
+                     alpha=alpha if method == "blended_heat_map" else None)
+      if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046)
+  if title:
+    ax.set_title(title, fontsize=8)
+  return fig if fig is not None else ax.figure
+
+
+def class_attribution_figure(images, attrs, class_names, *, labels=None, predictions=None,
+                             method_name: str = "saliency", sign: str = "absolute_value",
+                             outlier_perc: float = 2.0, blended: bool = False):
+  """The assignment's figure: each face (top row) above its attribution map (bottom row).
+
+  Args:
+    images: ``(K, H, W[, C])`` faces, typically one per class.
+    attrs: ``(K, H, W[, C])`` their attributions (e.g. of the true class).
+    class_names: names for ``labels`` / ``predictions``.
+    labels: ``(K,)`` true classes (column titles), optional.
+    predictions: ``(K,)`` predicted classes, optional.
+    method_name: shown in the figure title.
+    sign, outlier_perc: see :func:`normalize_attribution`.
+    blended: draw the map over the face instead of a plain heat map.
+  """
+  images, attrs = np.asarray(images), np.asarray(attrs)
+  k = len(images)
+  if len(attrs) != k:
+    raise ValueError(f"`attrs` has {len(attrs)} maps for {k} `images`")
+  fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 3.6), squeeze=False)
+  for i in range(k):
+    title = ""
+    if labels is not None:
+      title = class_names[int(labels[i])] if int(labels[i]) >= 0 else "?"
+    if predictions is not None:
+      title += f"\n(pred {class_names[int(predictions[i])]})"
+    attribution_figure(images[i], None, method="original_image", ax=axes[0, i], title=title)
+    attribution_figure(images[i], attrs[i], method="blended_heat_map" if blended else "heat_map",
+                       sign=sign, outlier_perc=outlier_perc, ax=axes[1, i])
+  fig.suptitle(f"{method_name} ({sign.replace('_', ' ')}, top {outlier_perc:g}% clipped)",
+               fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
 
 # --- filter figures (issue 5) ---
 
