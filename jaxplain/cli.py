@@ -208,6 +208,50 @@ def cmd_convert(args) -> int:
   return 0
 
 
+def cmd_explain(args) -> int:
+  import jax
+  import numpy as np
+  from tqdm.auto import tqdm
+
+  from jaxplain import attribution, data, viz
+  clf = _checkpoint(args)
+  faces = _faces(args, default_split="PublicTest")
+  known = len(faces) > 0 and bool((faces.labels >= 0).all())
+  if known and args.per_class:
+    faces = faces.take(np.concatenate([np.flatnonzero(faces.labels == k)[:args.per_class]
+                                       for k in range(clf.num_classes)]))
+  if not len(faces):
+    raise ValueError("no faces to explain")
+  images = data.to_float(faces.images)
+  predictions = clf.predict(images).argmax(-1)
+  targets = faces.labels if args.target == "true" and known else predictions
+  options = {"saliency": {}, "smoothgrad": {"samples": args.samples, "stdev": args.stdev},
+             "ig": {"steps": args.steps, "method": args.rule, "batch_size": args.batch_size,
+                    "baselines": args.baseline},
+             "guided": {}, "occlusion": {"window": args.window, "stride": args.stride},
+             "gradcam": {"layer": args.layer} if args.layer else {}}[args.method]
+  with tqdm(total=len(images), desc=args.method, unit="face") as bar:
+    attrs = attribution.attribute_many(clf, images, targets, method=args.method,
+                                       key=jax.random.key(args.seed), chunk=args.chunk,
+                                       progress=bar.update, **options)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  np.savez_compressed(out / f"{args.method}.npz", attributions=attrs, images=faces.images,
+                      labels=faces.labels, targets=targets, predictions=predictions)
+  sign = "all" if args.method in ("ig", "occlusion") else "absolute_value"
+  written = []
+  for page, start in enumerate(range(0, len(images), 7)):
+    sl = slice(start, start + 7)
+    path = out / f"{args.method}_{page:03d}.png"
+    viz.save(viz.class_attribution_figure(
+        images[sl], attrs[sl], clf.class_names, labels=targets[sl], predictions=predictions[sl],
+        method_name=f"{args.method} (target: {args.target if known else 'pred'})", sign=sign),
+        path)
+    written.append(path.name)
+  _log(f"wrote {out / f'{args.method}.npz'} and {len(written)} figure(s) {written[0]}...")
+  return 0
+
+
 def _add_data_args(p, *, split_default=None):
   p.add_argument("--data", help="FER2013 CSV (Kaggle or course layout, plain or .gz) or image "
                  "folder; default: the bundled sample faces")
@@ -280,7 +324,7 @@ def parser() -> argparse.ArgumentParser:
   fi.add_argument("--fourier", action=argparse.BooleanOptionalAction, default=True,
                   help="decorrelated Fourier parameterisation (Lucid/Lucent fft_image)")
   fi.add_argument("--pixel-range", choices=("sigmoid", "clip"), default="sigmoid")
-  fi.add_argument("--jitter", type=int, default=2, help="random shift in pixels per step")
+  fi.add_argument("--jitter", type=int, default=1, help="random shift in pixels per step")
   fi.add_argument("--tv", type=float, default=0.0, help="total-variation weight")
   fi.add_argument("--l2", type=float, default=0.0, help="L2 decay weight")
   fi.add_argument("--blur-every", type=int, default=0, help="blur every N steps (0: never)")
@@ -304,6 +348,30 @@ def parser() -> argparse.ArgumentParser:
   c.add_argument("--out", required=True, help="checkpoint directory to write")
   c.add_argument("--overwrite", action="store_true")
   c.set_defaults(func=cmd_convert)
+  x = sub.add_parser("explain", help="gradient attributions (saliency, IG, SmoothGrad, guided "
+                     "backprop, Grad-CAM, occlusion) per face, as figures and .npz")
+  x.add_argument("--checkpoint", help="classifier directory (default: the shipped one)")
+  x.add_argument("--method", required=True, choices=("saliency", "ig", "smoothgrad", "guided",
+                                                     "gradcam", "occlusion"))
+  x.add_argument("--images", nargs="+", help="your photos instead of --data (unlabelled: the "
+                 "predicted class is explained)")
+  _add_data_args(x, split_default="PublicTest")
+  x.add_argument("--per-class", type=int, default=1, help="faces per class (0: all)")
+  x.add_argument("--target", choices=("true", "pred"), default="true",
+                 help="explain the true class (when known) or the predicted one")
+  x.add_argument("--steps", type=int, default=50, help="ig: path points")
+  x.add_argument("--rule", default="gausslegendre", help="ig: quadrature rule (Captum's names)")
+  x.add_argument("--baseline", default="black", help="ig: black, blur or uniform")
+  x.add_argument("--batch-size", type=int, default=None, help="ig: path points at once")
+  x.add_argument("--samples", type=int, default=25, help="smoothgrad: noisy copies")
+  x.add_argument("--stdev", type=float, default=0.15, help="smoothgrad: noise sd (input units)")
+  x.add_argument("--layer", help="gradcam: layer (default: the last spatial one)")
+  x.add_argument("--window", type=int, default=8, help="occlusion: window size")
+  x.add_argument("--stride", type=int, default=4, help="occlusion: stride")
+  x.add_argument("--chunk", type=int, default=32, help="faces per call")
+  x.add_argument("--seed", type=int, default=0)
+  x.add_argument("--out", required=True, help="write <method>.npz and <method>_NNN.png here")
+  x.set_defaults(func=cmd_explain)
   return p
 
 

@@ -96,7 +96,8 @@ def normalize_attribution(attr, *, sign: str = "absolute_value", outlier_perc: f
           "absolute_value": np.abs(attr)}[sign]
   values = np.sort(np.abs(attr).ravel())
   cums = np.cumsum(values)
-  threshold = values[np.flatnonzero(cums >= cums[-1] * 0.01 * (100.0 - outlier_perc))[0]]
+  above = np.flatnonzero(cums >= cums[-1] * 0.01 * (100.0 - outlier_perc))
+  threshold = values[above[0] if len(above) else -1]  # (Captum fails on rounding at 0 %)
   if threshold == 0:
     return np.zeros_like(attr)
   return np.clip(attr / (-threshold if sign == "negative" else threshold), -1, 1)

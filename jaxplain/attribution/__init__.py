@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from jaxplain.attribution.baselines import blur, make_baselines
 from jaxplain.attribution.cam import grad_cam, upsample
+from jaxplain.attribution.explain import attribute, attribute_many
 from jaxplain.attribution.guided import guided, guided_backprop
 from jaxplain.attribution.integrated_gradients import (
     METHODS,
@@ -26,6 +27,8 @@ from jaxplain.attribution.smoothgrad import smoothgrad
 __all__ = [
     "METHODS",
     "approximation",
+    "attribute",
+    "attribute_many",
     "blur",
     "completeness_gap",
     "grad_cam",
