@@ -87,16 +87,33 @@ def filter_count(classifier: Classifier, layer: str) -> int:
 
 
 def default_layer(classifier: Classifier) -> str:
-  """A middle convolutional layer: the median of the layers with spatial maps, pools excluded.
+  """A middle convolutional block: the median of the layers that end a conv block.
 
-  For jaxplain's CNN (conv1_1 … conv4_2) this is ``conv3_2``.
+  Found from shapes alone, so it works for converted PyTorch models too: consecutive layers
+  with equal ``(h, w, channels)`` maps form a block (conv, BatchNorm, ReLU); a block counts
+  when its channel count differs from the layer before it (padding and pooling keep channels),
+  and its last layer (the ReLU) stands for it. ``conv3_2`` for jaxplain's CNN, ``conv_3.3``
+  for a conv/BN/ReLU ``nn.Sequential`` per stage.
   """
-  spatial = [n for n in classifier.layer_names if len(_layer_shape(classifier, n)) == 3]
-  convs = [n for n in spatial if "pool" not in n.lower()] or spatial
-  if not convs:
-    raise ValueError(f"the classifier has no layer with spatial maps; layers: "
-                     f"{list(classifier.layer_names)}")
-  return convs[len(convs) // 2]
+  blocks, previous, channels = [], None, classifier.input_shape[-1]
+  for name in classifier.layer_names:
+    shape = _layer_shape(classifier, name)
+    if len(shape) != 3:
+      previous = None
+      continue
+    if shape == previous:
+      if blocks and blocks[-1][1] == shape:
+        blocks[-1] = (name, shape)
+    elif shape[-1] != channels:
+      blocks.append((name, shape))
+    channels, previous = shape[-1], shape
+  if not blocks:
+    spatial = [n for n in classifier.layer_names if len(_layer_shape(classifier, n)) == 3]
+    if not spatial:
+      raise ValueError(f"the classifier has no layer with spatial maps; layers: "
+                       f"{list(classifier.layer_names)}")
+    return spatial[len(spatial) // 2]
+  return blocks[len(blocks) // 2][0]
 
 
 def _check_neuron(neuron, shape, layer):
@@ -308,9 +325,9 @@ def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron
 def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[int] | int, *,
                         key: jax.Array, steps: int = 256,
                         optimizer: optax.GradientTransformation | None = None,
-                        neuron: Sequence[int] | None = None, fourier: bool = False,
+                        neuron: Sequence[int] | None = None, fourier: bool = True,
                         pixel_range: str = "sigmoid", decay_power: float = 1.0,
-                        l2: float = 0.0, tv: float = 0.0, jitter: int = 0,
+                        l2: float = 0.0, tv: float = 0.0, jitter: int = 1,
                         blur_every: int = 0, blur_sigma: float = 0.5,
                         init_scale: float = 1.0, init=None,
                         batch_size: int | None = None) -> Visualization:
@@ -340,7 +357,7 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
     neuron: ``(row, col)`` in the layer's maps: maximise that single neuron instead of the
       channel mean.
     fourier: parameterise the image by its spectrum, scaled by ``1/f**decay_power``
-      (Lucid/Lucent ``fft_image``: decorrelated, favours low frequencies).
+      (Lucid/Lucent ``fft_image``: decorrelated, favours low frequencies). ``False``: pixels.
     pixel_range: how pixels stay in [0, 1]: ``"sigmoid"`` (image = sigmoid(param), Lucent's
       choice) or ``"clip"`` (pixel basis: projected gradient ascent, the parameters are
       clipped to [0, 1] after each update; Fourier basis: the image is clipped).
@@ -348,6 +365,9 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
     l2: weight of the L2 decay towards mid-gray (``mean((x - 0.5)²)``).
     tv: weight of the total variation (mean absolute neighbour difference).
     jitter: random translation of up to this many pixels at each step (reflect padding).
+      The defaults (Fourier basis, jitter 1) were chosen on a pretrained FER2013 CNN: without
+      jitter the ascent finds high-frequency noise; jitter 2 gives smoother patterns that
+      often fall below the best real face (scripts/filter_ratios.py measures this).
     blur_every: blur every this many steps (0: never).
     blur_sigma: standard deviation of that blur, in pixels.
     init_scale: standard deviation of the random start before the sigmoid, in pixel space

@@ -90,7 +90,7 @@ def run(report, *, filters: int = FILTERS, steps: int = STEPS) -> None:
   layer = feature_vis.default_layer(clf)
   picked = tuple(range(filters))
   key = jax.random.key(0)
-  opts = dict(steps=steps, init_scale=1.0)
+  opts = dict(steps=steps, init_scale=1.0, fourier=False, jitter=0)
 
   def ours():
     return jax.block_until_ready(feature_vis.maximize_activation(clf, layer, picked, key=key,

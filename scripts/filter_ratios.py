@@ -72,7 +72,7 @@ def main(argv=None) -> int:
   p.add_argument("--filters", default="all", help="slice (0:64) or list (1,5,9)")
   p.add_argument("--steps", type=int, default=256)
   p.add_argument("--fourier", action=argparse.BooleanOptionalAction, default=True)
-  p.add_argument("--jitter", type=int, default=2)
+  p.add_argument("--jitter", type=int, default=1)
   p.add_argument("--tv", type=float, default=0.0)
   p.add_argument("--l2", type=float, default=0.0)
   p.add_argument("--blur-every", type=int, default=0)

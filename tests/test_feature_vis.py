@@ -108,7 +108,7 @@ def test_filters_are_alive(clf, key):
 
 
 @pytest.mark.parametrize("options", [
-    dict(),
+    dict(fourier=False, jitter=0),
     dict(fourier=True, pixel_range="clip", l2=0.1, tv=0.05),
     dict(fourier=True, jitter=2, blur_every=8, blur_sigma=0.7),
     dict(pixel_range="clip", jitter=1, blur_every=4),
@@ -122,12 +122,13 @@ def test_ascent_beats_start_for_every_filter(clf, key, options):
   end = fv.channel_activation(clf, r.images, LAYER)[idx]
   assert bool(jnp.all(end > start + 1e-3)), (start, end)
   # Without jitter the trace's first entry is the start's activation.
-  if not options.get("jitter"):
+  if options.get("jitter", 1) == 0:
     np.testing.assert_allclose(r.trace[0], start, atol=1e-5)
 
 
 def test_neuron_and_dense_objectives(clf, key):
-  r = fv.maximize_activation(clf, LAYER, (3, 9), key=key, steps=16, neuron=(12, 12))
+  r = fv.maximize_activation(clf, LAYER, (3, 9), key=key, steps=16, neuron=(12, 12),
+                             fourier=False, jitter=0)
   idx = (jnp.arange(2), jnp.asarray((3, 9)))
   start = fv.channel_activation(clf, r.start_images, LAYER, neuron=(12, 12))[idx]
   end = fv.channel_activation(clf, r.images, LAYER, neuron=(12, 12))[idx]
@@ -172,7 +173,7 @@ def test_jit_and_no_recompile(clf, key):
 
 def test_init_images_are_the_start(clf, key, faces):
   x = _x(faces, 2)
-  r = fv.maximize_activation(clf, LAYER, (3, 15), key=key, steps=4, init=x)
+  r = fv.maximize_activation(clf, LAYER, (3, 15), key=key, steps=4, init=x, fourier=False)
   np.testing.assert_allclose(r.start_images, np.clip(x, 1e-4, 1 - 1e-4), atol=1e-5)
   r = fv.maximize_activation(clf, LAYER, (3, 15), key=key, steps=4, init=x, fourier=True,
                              pixel_range="clip")
@@ -233,7 +234,8 @@ def test_matches_torch_adam_per_filter(clf, key, faces):
   x0 = _x(faces, 3)
   filters, steps = (3, 7), 24
   x0 = x0[:2]
-  ours = fv.maximize_activation(clf, LAYER, filters, key=key, steps=steps, init=x0)
+  ours = fv.maximize_activation(clf, LAYER, filters, key=key, steps=steps, init=x0,
+                                fourier=False, jitter=0)
   for j, f in enumerate(filters):  # Lucent: one optimisation per filter
     param = torch.logit(torch.tensor(np.asarray(ours.start_images[j])).permute(2, 0, 1)[None])
     param = param.detach().requires_grad_(True)
@@ -267,21 +269,35 @@ def test_gradient_matches_torch(clf, faces):
 # --- the shipped checkpoint against real faces ----------------------------------------------
 
 
+def _ratios_to_best_real_face(clf, layer, filters, csv):
+  """Activation of each filter's optimised image / its best over 1,000 PublicTest faces."""
+  faces = data.load_csv(csv, usage="PublicTest").images[:1000]
+  real = np.concatenate([np.asarray(fv.channel_activation(
+      clf, jnp.asarray(data.to_float(faces[i:i + 250])), layer)) for i in range(0, 1000, 250)])
+  r = fv.maximize_activation(clf, layer, filters, key=jax.random.key(0), steps=256)
+  vis = fv.channel_activation(clf, r.images, layer)[jnp.arange(len(filters)),
+                                                     jnp.asarray(filters)]
+  return np.asarray(vis) / real[:, filters].max(0)
+
+
 @pytest.mark.slow
-def test_trained_filters_beat_best_real_face(shared_csv):
+def test_shipped_checkpoint_filters_beat_best_real_face(shared_csv):
   if not (CHECKPOINT / "jaxplain.json").is_file():
     pytest.skip(f"{CHECKPOINT} not present")
   from jaxplain import load_classifier
   clf = load_classifier(CHECKPOINT)
-  faces = data.load_csv(shared_csv, usage="PublicTest")
-  real = np.concatenate([np.asarray(fv.channel_activation(
-      clf, jnp.asarray(data.to_float(faces.images[i:i + 250])), "conv3_1"))
-      for i in range(0, 1000, 250)])
-  filters = (0, 5, 10, 20, 40, 60, 80, 100)
-  r = fv.maximize_activation(clf, "conv3_1", filters, key=jax.random.key(0), steps=256,
-                             fourier=True, jitter=2)
-  vis = fv.channel_activation(clf, r.images, "conv3_1")[jnp.arange(8), jnp.asarray(filters)]
-  ratio = np.asarray(vis) / real[:, filters].max(0)
+  ratio = _ratios_to_best_real_face(clf, fv.default_layer(clf), (0, 5, 10, 20, 40, 60), shared_csv)
+  assert (ratio > 1).all(), ratio
+
+
+@pytest.mark.slow
+def test_pretrained_torch_cnn_filters_beat_best_real_face(shared_csv):
+  """facial_emotion_recognition's pretrained NetworkV2, converted from PyTorch."""
+  import reference_models
+  _, clf = reference_models.network_v2()
+  layer = fv.default_layer(clf)
+  assert layer == "conv_3.3"
+  ratio = _ratios_to_best_real_face(clf, layer, (0, 2, 5, 8, 11), shared_csv)
   assert (ratio > 1).all(), ratio
 
 
@@ -292,9 +308,11 @@ def _torch_module():
   torch = pytest.importorskip("torch")
   nn = torch.nn
   g = torch.Generator().manual_seed(0)
-  m = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                    nn.MaxPool2d(2), nn.Conv2d(6, 10, 3, padding=1), nn.ReLU(),
-                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 7))
+  with torch.random.fork_rng():  # weights independent of the tests that ran before
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                      nn.MaxPool2d(2), nn.Conv2d(6, 10, 3, padding=1), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 7))
   with torch.no_grad():
     m[1].running_mean.copy_(torch.randn(6, generator=g) * 0.3)
     m[1].running_var.copy_(torch.rand(6, generator=g) + 0.5)
@@ -312,8 +330,8 @@ def test_converted_torch_model_activations_and_ascent(key):
   with torch.no_grad():
     ref = module[:6](torch.tensor(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
   np.testing.assert_allclose(fv.activations(clf, jnp.asarray(x), layer), ref, atol=1e-5)
-  assert fv.default_layer(clf) in clf.layer_names
-  r = fv.maximize_activation(clf, layer, (2, 9), key=key, steps=16)
+  assert fv.default_layer(clf) == "5"
+  r = fv.maximize_activation(clf, layer, (2, 9), key=key, steps=16, fourier=False, jitter=0)
   assert r.images.shape == (2, 32, 32, 1)
   for j, f in enumerate((2, 9)):
     param = torch.logit(torch.tensor(np.asarray(r.start_images[j])).permute(2, 0, 1)[None])
