@@ -330,7 +330,7 @@ def test_target_range_checked_against_forward_outputs(x):
 
 @pytest.mark.slow
 def test_ig_memory_256_faces_256_steps(tmp_path):
-  """IG on 256 faces × 256 steps with batch_size=8 stays well within 2 GB (peak RSS)."""
+  """IG on 256 faces × 256 steps with batch_size=2 stays within 2 GB (peak RSS)."""
   script = textwrap.dedent("""
       import json, resource
       import jax, jax.numpy as jnp, numpy as np
@@ -341,7 +341,7 @@ def test_ig_memory_256_faces_256_steps(tmp_path):
       faces = data.sample_faces()
       x = jnp.asarray(np.resize(data.to_float(faces.images), (256, 48, 48, 1)))
       t = jnp.asarray(np.resize(faces.labels, 256), jnp.int32)
-      attr = A.integrated_gradients(clf.forward, x, t, steps=256, batch_size=8)
+      attr = A.integrated_gradients(clf.forward, x, t, steps=256, batch_size=2)
       gap = A.completeness_gap(clf.forward, x, t, attr)
       print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                         "finite": bool(jnp.isfinite(attr).all()),
