@@ -2,14 +2,29 @@
 
 Every classifier takes float images ``(N, H, W, C)`` in [0, 1] (NHWC) and returns logits
 ``(N, K)``; its ``forward`` is a pure function that passes through ``jax.jit`` as an argument.
+Every attribution method is ``method(forward, inputs, target, **options)``.
 """
 
 from __future__ import annotations
 
 import pathlib
 
+from jaxplain import convert, lime
+from jaxplain.attribution import (
+    completeness_gap,
+    grad_cam,
+    guided_backprop,
+    input_x_gradient,
+    integrated_gradients,
+    integrated_gradients_adaptive,
+    occlusion,
+    saliency,
+    smoothgrad,
+)
 from jaxplain.checkpoint import load_classifier, save_classifier
+from jaxplain.convert import from_torch
 from jaxplain.data import CLASS_NAMES
+from jaxplain.feature_vis import activations, maximize_activation
 from jaxplain.models import CNN, Classifier, classifier
 
 __version__ = "0.1.0"
@@ -25,8 +40,21 @@ __all__ = [
     "CLASS_NAMES",
     "CNN",
     "Classifier",
+    "activations",
     "classifier",
+    "completeness_gap",
+    "convert",
+    "from_torch",
+    "grad_cam",
+    "guided_backprop",
+    "input_x_gradient",
+    "integrated_gradients",
+    "integrated_gradients_adaptive",
+    "lime",
     "load_classifier",
-    "save_classifier",
+    "maximize_activation",
+    "occlusion",
+    "saliency",
     "shipped_checkpoint",
+    "smoothgrad",
 ]

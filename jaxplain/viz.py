@@ -21,6 +21,7 @@ def save(fig, path: str | os.PathLike, *, dpi: int = 110) -> pathlib.Path:
   os.close(fd)
   try:
     fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; figures are for sharing
     os.replace(tmp, path)
   except BaseException:
     pathlib.Path(tmp).unlink(missing_ok=True)
@@ -365,3 +366,144 @@ def lime_class_figure(images, segments, weights, targets, class_names, *, labels
 
 
 # --- report (issue 7) ---
+
+
+def _abs_map(attr, clip: float = 99.0):
+  """``|attr|`` summed over channels, scaled to [0, 1] by its ``clip`` percentile."""
+  a = np.abs(np.asarray(attr, np.float64))
+  a = a.sum(-1) if a.ndim == 3 else a
+  top = np.percentile(a, clip)
+  return np.clip(a / top, 0, 1) if top > 0 else np.zeros_like(a)
+
+
+def _signed_map(attr, clip: float = 99.0):
+  """Signed attribution summed over channels, scaled to [-1, 1] by the ``clip`` percentile of |a|."""
+  a = np.asarray(attr, np.float64)
+  a = a.sum(-1) if a.ndim == 3 else a
+  top = np.percentile(np.abs(a), clip)
+  return np.clip(a / top, -1, 1) if top > 0 else np.zeros_like(a)
+
+
+def attribution_grid(images, maps: dict, row_names, *, cmap: str = "inferno"):
+  """Faces (rows) with one attribution map per method (columns), absolute values.
+
+  Args:
+    images: uint8 ``(n, 48, 48)`` faces.
+    maps: method name → ``(n, H, W, C)`` attributions.
+    row_names: a label per face.
+  """
+  n, cols = len(images), len(maps) + 1
+  fig, axes = plt.subplots(n, cols, figsize=(1.7 * cols, 1.75 * n), squeeze=False)
+  for r in range(n):
+    axes[r, 0].imshow(images[r], cmap="gray", vmin=0, vmax=255)
+    axes[r, 0].set_ylabel(row_names[r], fontsize=8)
+    for c, (name, m) in enumerate(maps.items(), start=1):
+      axes[r, c].imshow(_abs_map(m[r]), cmap=cmap, vmin=0, vmax=1)
+      if r == 0:
+        axes[r, c].set_title(name, fontsize=8)
+  axes[0, 0].set_title("face", fontsize=8)
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.tight_layout()
+  return fig
+
+
+def integrated_gradients_figure(images, attributions, row_names, gaps, differences):
+  """Each face, its signed integrated-gradients map, and its overlay; completeness in the title."""
+  n = len(images)
+  fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.8 * n), squeeze=False)
+  for r in range(n):
+    signed = _signed_map(attributions[r])
+    axes[r, 0].imshow(images[r], cmap="gray", vmin=0, vmax=255)
+    axes[r, 0].set_ylabel(row_names[r], fontsize=8)
+    axes[r, 1].imshow(signed, cmap="bwr", vmin=-1, vmax=1)
+    axes[r, 1].set_title(f"Δf {differences[r]:.3f}, gap {gaps[r]:+.1e}", fontsize=7)
+    axes[r, 2].imshow(images[r], cmap="gray", vmin=0, vmax=255)
+    axes[r, 2].imshow(np.abs(signed), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+  for ax, title in zip(axes[0], ("face", "IG (signed)", "|IG| overlay")):
+    ax.set_title(title if ax is not axes[0, 1] else ax.get_title(), fontsize=8)
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.tight_layout()
+  return fig
+
+
+def class_mean_maps_figure(class_maps: dict, class_names):
+  """Mean |attribution| per class (columns) and method (rows), each map scaled to its maximum."""
+  rows, cols = len(class_maps), len(class_names)
+  fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.6 * rows), squeeze=False)
+  for r, (name, maps) in enumerate(class_maps.items()):
+    for c in range(cols):
+      m = np.nan_to_num(np.asarray(maps[c], np.float64))
+      axes[r, c].imshow(m / m.max() if m.max() > 0 else m, cmap="inferno", vmin=0, vmax=1)
+      axes[r, c].set_xticks([])
+      axes[r, c].set_yticks([])
+      if r == 0:
+        axes[r, c].set_title(class_names[c], fontsize=8)
+    axes[r, 0].set_ylabel(name, fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def band_share_figure(shares: dict, class_names, area: dict):
+  """Bars: share of attribution in each face band, per class, one panel per method."""
+  methods = list(shares)
+  bands = [b for b in next(iter(shares.values())) if b != "other"]
+  fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.0), squeeze=False,
+                           sharey=True)
+  width = 0.8 / len(bands)
+  for ax, name in zip(axes[0], methods):
+    for j, b in enumerate(bands):
+      xs = np.arange(len(class_names)) + (j - (len(bands) - 1) / 2) * width
+      ax.bar(xs, np.nan_to_num(shares[name][b]), width, label=b)
+      ax.hlines(float(np.ravel(area[b])[0]), xs[0] - width / 2, xs[-1] + width / 2,
+                colors="grey", linestyles="--", linewidth=0.8)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=7)
+    ax.set_title(name, fontsize=8)
+  axes[0, 0].set_ylabel("share of |attribution|")
+  axes[0, 0].legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def write_report_html(path, sections, *, title: str, model: dict, settings: dict):
+  """Writes the report page: model summary, settings, then each section's figures and table.
+
+  Every ``<img>`` marks itself ``data-loaded`` when it renders (or ``data-broken``), which the
+  page's footer counts, so a reader (or a headless browser) sees at once if a figure is missing.
+  """
+  import html as h
+  esc = h.escape
+  parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+           "figure{margin:1em 0}figcaption{color:#333;font-size:.92em;max-width:900px}"
+           "img{max-width:100%}table{border-collapse:collapse;font-size:.85em;margin:.5em 0}"
+           "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
+           "#status{color:#a00}</style></head><body>",
+           f"<h1>{esc(title)}</h1>", "<h2>Model</h2>", _table(["", ""], model.items())]
+  for s in sections:
+    parts.append(f"<h2>{esc(s['title'])}</h2>")
+    for src, caption in s.get("figures", []):
+      parts.append(f"<figure><img src='{esc(src)}' alt='{esc(caption[:80])}' "
+                   "onload=\"this.dataset.loaded='1'\" onerror=\"this.dataset.broken='1'\">"
+                   f"<figcaption>{esc(caption)}</figcaption></figure>")
+    if s.get("table"):
+      parts.append(_table(s["table"]["columns"], s["table"]["rows"]))
+  parts += ["<h2>Settings</h2>", _table(["setting", "value"], settings.items()),
+            "<p id='status'></p><script>window.addEventListener('load',function(){"
+            "var b=document.querySelectorAll('img[data-broken]').length;"
+            "document.getElementById('status').textContent=b?b+' figure(s) failed to load':'';"
+            "});</script></body></html>"]
+  path = pathlib.Path(path)
+  path.write_text("\n".join(parts), encoding="utf-8")
+  return path
+
+
+def _table(columns, rows):
+  import html as h
+  head = "".join(f"<th>{h.escape(str(c))}</th>" for c in columns)
+  body = "".join("<tr>" + "".join(f"<td>{h.escape(str(v))}</td>" for v in row) + "</tr>"
+                 for row in rows)
+  return f"<table><tr>{head}</tr>{body}</table>"
