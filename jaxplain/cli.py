@@ -9,6 +9,8 @@ import pathlib
 import sys
 import time
 
+import numpy as np
+
 
 def _log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
@@ -22,9 +24,9 @@ def _faces(args, *, default_split: str | None = None):
   """The faces named by ``--data/--split`` or ``--images``, else the bundled sample faces."""
   from jaxplain import data
   if getattr(args, "images", None):
-    images = data.load_images(args.images)
-    return data.Faces(images, -__import__("numpy").ones(len(images), "int32"),
-                      __import__("numpy").full(len(images), "user"), source="--images")
+    images = data.load_images(args.images)  # unlabelled: label -1
+    return data.Faces(images, np.full(len(images), -1, np.int32), np.full(len(images), "user"),
+                      source="--images")
   if getattr(args, "data", None):
     faces = data.load(args.data, skip_bad=getattr(args, "skip_bad", False))
     if faces.skipped:
@@ -252,6 +254,25 @@ def cmd_explain(args) -> int:
   return 0
 
 
+def cmd_report(args) -> int:
+  from jaxplain import data, report, shipped_checkpoint
+  t0 = time.time()
+  clf = _checkpoint(args)
+  faces = _faces(argparse.Namespace(images=args.images))  # the photos, or the bundled faces
+  measure = None
+  if args.data:
+    measure = _faces(args, default_split="PublicTest")
+  config = report.ReportConfig(
+      ig_steps=args.ig_steps, filters=args.filters, filter_layer=args.layer,
+      gradcam_layer=args.gradcam_layer, lime_samples=args.lime_samples,
+      per_class=args.per_class, seed=args.seed)
+  page = report.report(clf, faces, args.out, config=config, measure=measure,
+                       checkpoint_name=str(args.checkpoint or shipped_checkpoint()), log=_log)
+  print(page)
+  _log(f"total {time.time() - t0:.0f}s")
+  return 0
+
+
 def _add_data_args(p, *, split_default=None):
   p.add_argument("--data", help="FER2013 CSV (Kaggle or course layout, plain or .gz) or image "
                  "folder; default: the bundled sample faces")
@@ -372,6 +393,22 @@ def parser() -> argparse.ArgumentParser:
   x.add_argument("--seed", type=int, default=0)
   x.add_argument("--out", required=True, help="write <method>.npz and <method>_NNN.png here")
   x.set_defaults(func=cmd_explain)
+
+  r = sub.add_parser("report", help="all four answers as figures and one HTML page")
+  r.add_argument("--checkpoint", help="classifier directory, own or converted (default: shipped)")
+  r.add_argument("--images", nargs="+", help="your photos (any size/colour; centre-cropped to "
+                 "48x48 gray); default: the bundled FER2013 sample faces")
+  _add_data_args(r, split_default="PublicTest")
+  r.add_argument("--out", default="jaxplain-report")
+  r.add_argument("--layer", help="layer for the filter figures (default: a middle conv layer)")
+  r.add_argument("--gradcam-layer", help="layer for Grad-CAM (default: the last spatial layer)")
+  r.add_argument("--filters", type=int, default=16, help="how many filters to visualise")
+  r.add_argument("--ig-steps", type=int, default=50)
+  r.add_argument("--lime-samples", type=int, default=1000)
+  r.add_argument("--per-class", type=int, default=50,
+                 help="faces per class for the measured maps (with --data)")
+  r.add_argument("--seed", type=int, default=0)
+  r.set_defaults(func=cmd_report)
   return p
 
 
