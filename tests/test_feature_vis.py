@@ -403,3 +403,37 @@ def test_figures_and_cli(tiny_classifier, tmp_path, faces):
                    "--out", str(out)]) == 2
   assert cli.main(["filters", "--checkpoint", str(tmp_path / "clf"), "--filters", "99",
                    "--out", str(out)]) == 2
+
+
+def test_fourier_ascent_matches_lucent_fft_image_in_torch(clf, key):
+  """Lucent's ``param.fft_image`` (1 channel, no colour decorrelation, sigmoid) + Adam(0.05),
+  written in torch from Lucent's formula, against our Fourier-basis ascent, step by step."""
+  torch = pytest.importorskip("torch")
+  run = torch_twin(clf)
+  f, steps = 3, 16
+  ours = fv.maximize_activation(clf, LAYER, (f,), key=key, steps=steps, jitter=0)
+  h = w = 48
+  fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[: w // 2 + 1]
+  scale = torch.tensor(1.0 / np.maximum(np.sqrt(fx * fx + fy * fy), 1.0 / max(w, h)),
+                       dtype=torch.float32)[..., None]  # Lucent: ... ** decay_power (1)
+
+  def image(spectrum):  # Lucent fft_image.inner(): irfftn(ortho) / 4, then to_valid_rgb: sigmoid
+    pixels = torch.fft.irfftn(scale[..., 0] * torch.view_as_complex(spectrum), s=(h, w),
+                              norm="ortho") / 4.0
+    return torch.sigmoid(pixels)[None, None]
+
+  start = torch.tensor(np.asarray(ours.start_images[0, :, :, 0]))
+  spectrum = torch.view_as_real(torch.fft.rfftn(torch.logit(start) * 4.0, norm="ortho")) / scale
+  np.testing.assert_allclose(image(spectrum)[0, 0].numpy(), start.numpy(), atol=1e-5)
+  spectrum = spectrum.contiguous().requires_grad_(True)
+  opt = torch.optim.Adam([spectrum], lr=0.05)
+  trace = []
+  for _ in range(steps):
+    opt.zero_grad()
+    value = run(image(spectrum))[LAYER][:, f].mean()
+    trace.append(float(value.detach()))
+    (-value).backward()
+    opt.step()
+  np.testing.assert_allclose(ours.trace[:, 0], trace, rtol=2e-3, atol=1e-4)
+  diff = np.abs(np.asarray(ours.images[0, :, :, 0]) - image(spectrum).detach()[0, 0].numpy())
+  assert diff.mean() < 2e-3, diff.max()
