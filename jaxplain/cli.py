@@ -36,6 +36,16 @@ def _faces(args, *, default_split: str | None = None):
   return data.sample_faces()
 
 
+def _per_class(faces, clf, per_class: int):
+  """The first ``per_class`` faces of each class (all faces for 0); errors when none remain."""
+  if per_class:
+    faces = faces.take(np.concatenate([np.flatnonzero(faces.labels == k)[:per_class]
+                                       for k in range(clf.num_classes)]))
+  if not len(faces):
+    raise ValueError("no faces to explain")
+  return faces
+
+
 def _checkpoint(args):
   from jaxplain import checkpoint, shipped_checkpoint
   return checkpoint.load_classifier(args.checkpoint or shipped_checkpoint())
@@ -90,7 +100,6 @@ def cmd_evaluate(args) -> int:
 
 def cmd_lime(args) -> int:
   import jax
-  import numpy as np
   from tqdm.auto import tqdm
 
   from jaxplain import data, lime, train, viz
@@ -98,11 +107,7 @@ def cmd_lime(args) -> int:
   faces = _faces(args, default_split="PublicTest")
   known = len(faces) > 0 and bool((faces.labels >= 0).all())
   ev = train.evaluate(clf, faces.images, faces.labels) if known else None
-  if known and args.per_class:
-    faces = faces.take(np.concatenate([np.flatnonzero(faces.labels == k)[:args.per_class]
-                                       for k in range(clf.num_classes)]))
-  if not len(faces):
-    raise ValueError("no faces to explain")
+  faces = _per_class(faces, clf, args.per_class if known else 0)
   images = data.to_float(faces.images)
   probabilities = np.asarray(jax.nn.softmax(clf.predict(images), axis=-1))
   targets = faces.labels if args.target == "true" and known else probabilities.argmax(-1)
@@ -136,7 +141,6 @@ def cmd_lime(args) -> int:
 
 def cmd_filters(args) -> int:
   import jax
-  import numpy as np
   from tqdm.auto import tqdm
 
   from jaxplain import data, feature_vis, viz
@@ -178,7 +182,6 @@ def cmd_filters(args) -> int:
 
 
 def cmd_convert(args) -> int:
-  import numpy as np
 
   from jaxplain import checkpoint, convert, data
   try:
@@ -212,18 +215,13 @@ def cmd_convert(args) -> int:
 
 def cmd_explain(args) -> int:
   import jax
-  import numpy as np
   from tqdm.auto import tqdm
 
   from jaxplain import attribution, data, viz
   clf = _checkpoint(args)
   faces = _faces(args, default_split="PublicTest")
   known = len(faces) > 0 and bool((faces.labels >= 0).all())
-  if known and args.per_class:
-    faces = faces.take(np.concatenate([np.flatnonzero(faces.labels == k)[:args.per_class]
-                                       for k in range(clf.num_classes)]))
-  if not len(faces):
-    raise ValueError("no faces to explain")
+  faces = _per_class(faces, clf, args.per_class if known else 0)
   images = data.to_float(faces.images)
   predictions = clf.predict(images).argmax(-1)
   targets = faces.labels if args.target == "true" and known else predictions

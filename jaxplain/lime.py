@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.models import Classifier, check_images
+from jaxplain.models import Classifier, check_images, map_chunks
 
 __all__ = [
     "LimeResult",
@@ -151,15 +151,7 @@ def classifier_fn(classifier: Classifier, *, batch_size: int = 256) -> Callable[
     n = len(x)
     if n == 0:
       return np.zeros((0, classifier.num_classes), np.float32)
-    size = _chunk_size(n, batch_size)
-    outs = []
-    for i in range(0, n, size):
-      chunk = x[i:i + size]
-      pad = size - len(chunk)
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      outs.append(np.asarray(_probabilities(forward, chunk))[:size - pad])
-    return np.concatenate(outs)
+    return map_chunks(_probabilities, forward, x, _chunk_size(n, batch_size))
 
   return predict_proba
 

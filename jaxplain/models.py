@@ -234,16 +234,26 @@ def predict(forward, inputs, *, batch_size: int = 256):
   """
   import numpy as np
   inputs = np.asarray(inputs)
-  n = len(inputs)
-  size = min(batch_size, n) if n else batch_size
+  if not len(inputs):
+    return np.zeros((0,), np.float32)
+  return map_chunks(_predict_chunk, forward, inputs, min(batch_size, len(inputs)))
+
+
+def map_chunks(fn, forward, inputs, size: int):
+  """``fn(forward, chunk)`` over chunks of ``size`` rows of ``inputs``, concatenated as NumPy.
+
+  The last chunk is zero-padded to ``size`` (and its padding dropped from the result), so a
+  jit-compiled ``fn`` sees one shape whatever the number of rows.
+  """
+  import numpy as np
   outs = []
-  for i in range(0, n, size):
+  for i in range(0, len(inputs), size):
     chunk = inputs[i:i + size]
     pad = size - len(chunk)
     if pad:
       chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    outs.append(np.asarray(_predict_chunk(forward, chunk))[:size - pad])
-  return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+    outs.append(np.asarray(fn(forward, chunk))[:size - pad])
+  return np.concatenate(outs)
 
 
 def classifier(model: CNN, variables, *, class_names: Sequence[str] = CLASS_NAMES,
