@@ -16,29 +16,17 @@ Usage: python scripts/bench_attribution.py [--faces N] [--ig-faces N] [--reps R]
 from __future__ import annotations
 
 import argparse
-import pathlib
-import statistics
 import sys
 import time
 
 import jax
 import numpy as np
+from _bench_common import classifier as _classifier, median_seconds
 
 FACES, IG_FACES, REPS = 32, 8, 3
 
 
-def _classifier():
-  import jaxplain
-  from jaxplain import checkpoint, models
-  for path in (pathlib.Path(__file__).resolve().parents[1] / "checkpoints/fer2013_cnn",
-               jaxplain.shipped_checkpoint()):
-    try:
-      return checkpoint.load_classifier(path), f"trained CNN ({path.name})"
-    except Exception:  # noqa: BLE001 - absent or unreadable: random weights below
-      continue
-  model = models.CNN()
-  variables = model.init(jax.random.key(0), np.zeros((1, 48, 48, 1), np.float32))
-  return models.classifier(model, variables), "random-weight CNN"
+
 
 
 def torch_twin(clf):
@@ -80,15 +68,6 @@ def torch_twin(clf):
   return Twin().eval()
 
 
-def _steady(fn, reps):
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 def run(report, *, faces: int = FACES, ig_faces: int = IG_FACES, reps: int = REPS) -> None:
   import captum
   import torch
@@ -125,9 +104,9 @@ def run(report, *, faces: int = FACES, ig_faces: int = IG_FACES, reps: int = REP
     t0 = time.perf_counter()
     ours()
     first = time.perf_counter() - t0
-    ours_s = _steady(ours, reps)
+    ours_s = median_seconds(ours, reps)
     peer()  # warm-up
-    peer_s = _steady(peer, reps)
+    peer_s = median_seconds(peer, reps)
     report(name, ours_s, peer_s, max(first - ours_s, 0.0),
            f"{n} faces, {what}, vs Captum {captum.__version__} "
            f"on a torch twin (max logit diff {err:.1e}); torch threads "

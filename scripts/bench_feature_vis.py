@@ -18,31 +18,18 @@ Usage: python scripts/bench_feature_vis.py [--filters F] [--steps S]
 from __future__ import annotations
 
 import argparse
-import pathlib
-import statistics
 import sys
 import time
 
 import jax
 import numpy as np
+from _bench_common import classifier as _classifier, median_seconds
 
 FILTERS = 8
 STEPS = 32
 
 
-def _classifier():
-  """The trained FER2013 CNN when present, else the same architecture with random weights."""
-  import jaxplain
-  from jaxplain import checkpoint, models
-  for path in (pathlib.Path(__file__).resolve().parents[1] / "checkpoints/fer2013_cnn",
-               jaxplain.shipped_checkpoint()):
-    try:
-      return checkpoint.load_classifier(path), f"trained CNN ({path.name})"
-    except Exception:  # noqa: BLE001 - absent or unreadable: try the next, then random weights
-      continue
-  model = models.CNN()
-  variables = model.init(jax.random.key(0), np.zeros((1, 48, 48, 1), np.float32))
-  return models.classifier(model, variables), "random-weight CNN"
+
 
 
 def torch_twin(clf, layer):
@@ -73,15 +60,6 @@ def torch_twin(clf, layer):
   return run
 
 
-def _time(fn, repeats=3):
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 def run(report, *, filters: int = FILTERS, steps: int = STEPS) -> None:
   import torch
 
@@ -98,7 +76,7 @@ def run(report, *, filters: int = FILTERS, steps: int = STEPS) -> None:
   t0 = time.perf_counter()
   vis = ours()
   first_s = time.perf_counter() - t0
-  ours_s = _time(ours, repeats=2)
+  ours_s = median_seconds(ours, repeats=2)
   compile_s = max(first_s - ours_s, 0.0)
 
   twin = torch_twin(clf, layer)
@@ -114,7 +92,7 @@ def run(report, *, filters: int = FILTERS, steps: int = STEPS) -> None:
         loss.backward()
         opt.step()
   lucent_loop()  # warm-up
-  torch_s = _time(lucent_loop, repeats=1)
+  torch_s = median_seconds(lucent_loop, repeats=1)
   report(f"maximize_activation {filters} filters x {steps} steps ({layer})", ours_s, torch_s,
          compile_s, f"peer: torch Adam per filter (Lucent's loop) on a twin, {what}, "
          f"{torch.get_num_threads()} torch threads")
@@ -124,8 +102,8 @@ def run(report, *, filters: int = FILTERS, steps: int = STEPS) -> None:
       jax.block_until_ready(feature_vis.maximize_activation(clf, layer, (f,), key=key, **opts))
   jax_loop()  # compiles the one-filter loop
   report(f"maximize_activation {filters} filters x {steps} steps ({layer})", ours_s,
-         _time(jax_loop, repeats=1), compile_s, "peer: the same JAX loop called per filter "
-         "(non-vmapped)")
+         median_seconds(jax_loop, repeats=1), compile_s,
+         "peer: the same JAX loop called per filter (non-vmapped)")
 
 
 def main() -> int:

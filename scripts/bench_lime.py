@@ -12,44 +12,25 @@ Usage: python scripts/bench_lime.py [--images N] [--samples S]
 from __future__ import annotations
 
 import argparse
-import pathlib
-import statistics
 import sys
 import time
 
 import jax
 import numpy as np
+from _bench_common import classifier as _classifier, median_seconds
 
 IMAGES = 4
 SAMPLES = 250
 
 
-def _classifier():
-  """The trained FER2013 CNN when present, else the same architecture with random weights."""
-  import jaxplain
-  from jaxplain import checkpoint, models
-  for path in (pathlib.Path(__file__).resolve().parents[1] / "checkpoints/fer2013_cnn",
-               jaxplain.shipped_checkpoint()):
-    try:
-      return checkpoint.load_classifier(path), f"trained CNN ({path})"
-    except Exception:  # noqa: BLE001 - absent or unreadable: try the next, then random weights
-      continue
-  model = models.CNN()
-  variables = model.init(jax.random.key(0), np.zeros((1, 48, 48, 1), np.float32))
-  return models.classifier(model, variables), "random-weight CNN (default architecture)"
+
 
 
 def _time(fn, repeats: int = 2) -> tuple[float, float]:
   """(first call seconds, median steady-state seconds)."""
   t0 = time.perf_counter()
   jax.block_until_ready(fn())
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return first, statistics.median(times)
+  return time.perf_counter() - t0, median_seconds(fn, repeats)
 
 
 def _small_classifier():
