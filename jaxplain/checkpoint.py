@@ -7,6 +7,7 @@ sibling and renamed into place, so an interrupted save leaves nothing half-writt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -61,20 +62,32 @@ def save_classifier(clf: Classifier, path: str | os.PathLike, *, overwrite: bool
            "input": "float (N, H, W, C) in [0, 1], NHWC; the model normalises it itself"}
   meta |= extra or {}
   meta["dtypes"] = sorted({str(x.dtype) for x in jax.tree.leaves(clf.variables)})
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-  try:
+  with atomic_directory(path) as tmp:
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=_json_default))
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(tmp / "variables", jax.tree.map(np.asarray, clf.variables))
       ckptr.wait_until_finished()
+  return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: pathlib.Path):
+  """Yields a temporary sibling of ``path`` to fill; on success it replaces ``path``.
+
+  On any error the temporary directory is removed and ``path`` is left as it was, so readers
+  never see a half-written directory.
+  """
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+  try:
+    yield tmp
+    tmp.chmod(0o755)  # mkdtemp makes it private
     if path.exists():
       shutil.rmtree(path)
     os.replace(tmp, path)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return path
 
 
 def _build_cnn(meta):

@@ -17,9 +17,7 @@ import html
 import json
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -27,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain import attribution, data as data_lib, feature_vis, lime as lime_lib, train, viz
+from jaxplain import attribution, checkpoint, feature_vis, train, viz
+from jaxplain import data as data_lib, lime as lime_lib
 from jaxplain.models import Classifier
 
 __all__ = ["BANDS", "ReportConfig", "band_shares", "class_mean_maps", "pick_faces", "report"]
@@ -198,21 +197,12 @@ def report(clf: Classifier, faces: data_lib.Faces, out: str | os.PathLike, *,
   """
   t_start = time.time()
   out = pathlib.Path(out).absolute()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-  try:
+  with checkpoint.atomic_directory(out) as tmp:
     sections = _build(clf, faces, tmp, config, measure, log)
     viz.write_report_html(tmp / "index.html", sections, title="jaxplain report",
-                                 model=_model_summary(clf, checkpoint_name),
-                                 settings=dataclasses.asdict(config)
-                                 | {"total seconds": round(time.time() - t_start, 1)})
-    tmp.chmod(0o755)  # mkdtemp makes it private
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+                          model=_model_summary(clf, checkpoint_name),
+                          settings=dataclasses.asdict(config)
+                          | {"total seconds": round(time.time() - t_start, 1)})
   log(f"report written to {out / 'index.html'} in {time.time() - t_start:.0f}s")
   return out / "index.html"
 
