@@ -53,12 +53,16 @@ def _checkpoint(args):
 
 def cmd_train(args) -> int:
   from jaxplain import checkpoint, data, train
+  model = {"widths": list(args.widths), "depths": list(args.depths), "hidden": args.hidden,
+           "dropout": args.dropout}
+  if args.init_from:  # the architecture is the saved one's
+    saved = checkpoint.load_classifier(args.init_from).metadata.get("config", {})
+    model = {k: saved.get(k, v) for k, v in model.items()}
   config = train.TrainConfig(
       epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-      class_weighting=args.class_weighting, seed=args.seed,
-      model={"widths": list(args.widths), "depths": list(args.depths), "hidden": args.hidden,
-             "dropout": args.dropout})
+      class_weighting=args.class_weighting, seed=args.seed, model=model,
+      init_from=str(pathlib.Path(args.init_from).absolute()) if args.init_from else "")
   t0 = time.time()
   faces = data.load(args.data, skip_bad=args.skip_bad)
   _log(f"read {len(faces)} faces from {args.data} in {time.time() - t0:.1f}s"
@@ -301,6 +305,9 @@ def parser() -> argparse.ArgumentParser:
   t.add_argument("--hidden", type=int, default=256)
   t.add_argument("--dropout", type=float, default=0.3)
   t.add_argument("--seed", type=int, default=0)
+  t.add_argument("--init-from", metavar="CHECKPOINT",
+                 help="start from this saved classifier's weights (a new schedule and optimizer "
+                      "state: fine-tuning or a warm restart); the architecture is the saved one's")
   t.add_argument("--run-dir", default="runs/fer", help="epoch checkpoints go here")
   t.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
   t.add_argument("--stop-after", type=int, help="stop after this many epochs of this call")

@@ -43,6 +43,7 @@ class TrainConfig:
   flip: bool = True
   seed: int = 0
   model: dict = dataclasses.field(default_factory=dict)  # CNN(**model)
+  init_from: str = ""  # a saved classifier whose weights start the run ("": random init)
 
 
 def augment(key, images):
@@ -82,6 +83,8 @@ def init_state(config: TrainConfig, steps_per_epoch: int):
   """Model, optimizer and initial ``(params, batch_stats, opt_state)``."""
   model = CNN(**config.model)
   variables = model.init(jax.random.key(config.seed), jnp.zeros((1, 48, 48, 1)))
+  if config.init_from:
+    variables = _initial_variables(config.init_from, model, variables)
   warmup = int(config.warmup_epochs * steps_per_epoch)
   total = max(config.epochs * steps_per_epoch, warmup + 1)
   schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total)
@@ -91,6 +94,19 @@ def init_state(config: TrainConfig, steps_per_epoch: int):
   state = {"params": variables["params"], "batch_stats": variables["batch_stats"],
            "opt_state": optimizer.init(variables["params"])}
   return model, optimizer, state
+
+
+def _initial_variables(path: str, model: CNN, like):
+  """The weights of the classifier saved at ``path``, checked against ``model``'s."""
+  from jaxplain import checkpoint
+  clf = checkpoint.load_classifier(path)
+  saved = clf.metadata.get("config")
+  if clf.metadata.get("kind") != "cnn" or saved != model.config():
+    raise ValueError(f"init_from={path!r} holds a {clf.metadata.get('kind')} with config "
+                     f"{saved}, not this run's CNN {model.config()}; train with the same "
+                     "--widths/--depths/--hidden/--dropout, or start from random weights")
+  variables = {k: clf.variables[k] for k in like}
+  return jax.tree.map(lambda v, ref: jnp.asarray(v, ref.dtype), variables, like)
 
 
 def class_weights(labels, power: float, num_classes: int = 7):

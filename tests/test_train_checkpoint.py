@@ -45,6 +45,26 @@ def test_resume_with_other_settings_is_refused(tmp_path, tiny_faces):
               run_dir=tmp_path, resume=True, log=lambda s: None)
 
 
+def test_init_from_starts_at_the_saved_weights(tmp_path, tiny_faces):
+  tr, val = tiny_faces.split("Training"), tiny_faces.split("PublicTest")
+  first = train.fit(tr, val, train.TrainConfig(epochs=2, batch_size=32, model=TINY),
+                    log=lambda s: None)
+  jaxplain.save_classifier(first, tmp_path / "first")
+  # With a zero learning rate the parameters stay the saved ones, bit for bit.
+  frozen = train.fit(tr, None, train.TrainConfig(epochs=1, batch_size=32, model=TINY,
+                                                 learning_rate=0.0, seed=1,
+                                                 init_from=str(tmp_path / "first")),
+                     log=lambda s: None)
+  for a, b in zip(jax.tree.leaves(frozen.variables["params"]),
+                  jax.tree.leaves(first.variables["params"])):
+    np.testing.assert_array_equal(a, b)
+  assert frozen.metadata["train"]["init_from"] == str(tmp_path / "first")
+  with pytest.raises(ValueError, match="--widths"):
+    train.fit(tr, None, train.TrainConfig(epochs=1, batch_size=32, model=dict(TINY, hidden=8),
+                                          init_from=str(tmp_path / "first")),
+              log=lambda s: None)
+
+
 def test_killed_save_keeps_last_good_checkpoint(tmp_path, tiny_faces):
   tr = tiny_faces.split("Training")
   cfg = train.TrainConfig(epochs=2, batch_size=32, model=TINY)
