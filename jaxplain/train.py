@@ -8,7 +8,9 @@ and random numbers an uninterrupted run takes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import pathlib
 import sys
 import time
 from collections.abc import Callable
@@ -265,4 +267,8 @@ def _classifier(model, state, config, history=None) -> Classifier:
   meta = {"kind": "cnn", "config": model.config(), "train": dataclasses.asdict(config)}
   if history is not None:
     meta["history"] = history
+  if config.init_from:  # the recipe of the starting weights, so the checkpoint tells it all
+    from jaxplain import checkpoint
+    source = json.loads((pathlib.Path(config.init_from) / checkpoint.META_FILE).read_text())
+    meta["init_from"] = {k: source[k] for k in ("train", "history", "init_from") if k in source}
   return classifier(model, variables, metadata=meta)

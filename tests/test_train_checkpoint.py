@@ -59,6 +59,7 @@ def test_init_from_starts_at_the_saved_weights(tmp_path, tiny_faces):
                   jax.tree.leaves(first.variables["params"])):
     np.testing.assert_array_equal(a, b)
   assert frozen.metadata["train"]["init_from"] == str(tmp_path / "first")
+  assert frozen.metadata["init_from"]["train"]["epochs"] == 2  # the first stage's recipe
   with pytest.raises(ValueError, match="--widths"):
     train.fit(tr, None, train.TrainConfig(epochs=1, batch_size=32, model=dict(TINY, hidden=8),
                                           init_from=str(tmp_path / "first")),
