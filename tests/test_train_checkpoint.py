@@ -158,12 +158,8 @@ def test_shipped_checkpoint_accuracy_is_the_recorded_one(public_test_accuracy):
   clf, accuracy = public_test_accuracy
   recorded = clf.metadata["evaluation"]["PublicTest"]["accuracy"]
   assert accuracy == pytest.approx(recorded, abs=1e-6)
-  assert accuracy >= 0.63  # what the shipped model reaches: guards against regressions
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the shipped model reaches 0.6333 on PublicTest, short "
-                   "of the 0.64 target (issue 2 stays open); strict: a model that reaches it "
-                   "makes this fail until the marker is removed")
 def test_shipped_checkpoint_reaches_target_accuracy(public_test_accuracy):
   assert public_test_accuracy[1] >= 0.64
