@@ -136,6 +136,13 @@ def test_cli_train_and_evaluate(tmp_path, tiny_faces, capsys):
   assert "confusion matrix" in printed and "32 faces" in printed
   assert (tmp_path / "ev" / "confusion_matrix.png").stat().st_size > 1000
   assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "nope")]) == 2
+  # A warm restart takes the saved architecture, whatever the architecture flags say.
+  again = tmp_path / "again"
+  assert cli.main(["train", "--data", str(csv), "--epochs", "1", "--batch-size", "32",
+                   "--init-from", str(out), "--run-dir", str(tmp_path / "run2"),
+                   "--out", str(again)]) == 0
+  assert jaxplain.load_classifier(again).metadata["config"]["widths"] == [8, 16]
+  assert cli.main(["train", "--data", str(csv), "--init-from", str(tmp_path / "nope")]) == 2
 
 
 def test_shipped_checkpoint(faces):
