@@ -26,7 +26,7 @@ FORMAT = "jaxplain-classifier"
 VERSION = 1
 META_FILE = "jaxplain.json"
 
-__all__ = ["save_classifier", "load_classifier", "RunManager", "builders"]
+__all__ = ["save_classifier", "load_classifier", "read_metadata", "RunManager", "builders"]
 
 
 def _json_default(o):
@@ -113,12 +113,11 @@ def _describe(tree) -> dict[str, tuple]:
           for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def load_classifier(path: str | os.PathLike) -> Classifier:
-  """Rebuilds the :class:`Classifier` saved in directory ``path`` (no torch needed).
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+  """The checked ``jaxplain.json`` of the checkpoint in directory ``path``, without its weights.
 
   Raises:
-    ValueError: not a jaxplain checkpoint, truncated, or weights that do not fit the
-      architecture its metadata names.
+    ValueError: not a jaxplain checkpoint, damaged metadata, or a newer format version.
   """
   path = pathlib.Path(path).absolute()
   meta_file = path / META_FILE
@@ -136,6 +135,18 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
   if meta.get("version", 0) > VERSION:
     raise ValueError(f"{path}: checkpoint version {meta['version']} is newer than this jaxplain "
                      f"reads ({VERSION}); upgrade jaxplain")
+  return meta
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+  """Rebuilds the :class:`Classifier` saved in directory ``path`` (no torch needed).
+
+  Raises:
+    ValueError: not a jaxplain checkpoint, truncated, or weights that do not fit the
+      architecture its metadata names.
+  """
+  path = pathlib.Path(path).absolute()
+  meta = read_metadata(path)
   kinds = builders()
   if meta.get("kind") not in kinds:
     raise ValueError(f"{path}: unknown architecture kind {meta.get('kind')!r}; "

@@ -56,7 +56,7 @@ def cmd_train(args) -> int:
   model = {"widths": list(args.widths), "depths": list(args.depths), "hidden": args.hidden,
            "dropout": args.dropout}
   if args.init_from:  # the architecture is the saved one's
-    saved = checkpoint.load_classifier(args.init_from).metadata.get("config", {})
+    saved = checkpoint.read_metadata(args.init_from).get("config", {})
     model = {k: saved.get(k, v) for k, v in model.items()}
   config = train.TrainConfig(
       epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,

@@ -8,9 +8,7 @@ and random numbers an uninterrupted run takes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import pathlib
 import sys
 import time
 from collections.abc import Callable
@@ -218,6 +216,7 @@ def fit(train: data_lib.Faces, val: data_lib.Faces | None, config: TrainConfig, 
   if steps == 0:
     raise ValueError(f"{len(train)} training faces < batch size {config.batch_size}")
   model, optimizer, state = init_state(config, steps)
+  origin = checkpoint.read_metadata(config.init_from) if config.init_from else None
   weights = (class_weights(train.labels, config.class_weighting) if config.class_weighting
              else np.ones(model.num_classes, np.float32))
   step = make_step(model, optimizer, config, weights)
@@ -249,7 +248,7 @@ def fit(train: data_lib.Faces, val: data_lib.Faces | None, config: TrainConfig, 
         rate = (i + 1) / (time.time() - t0)
         log(f"epoch {epoch + 1}/{config.epochs} step {i + 1}/{steps} loss {loss:.3f} "
             f"acc {acc:.3f} ({rate:.1f} steps/s, eta {(steps - i - 1) / rate:.0f}s)")
-    clf = _classifier(model, state, config)
+    clf = _classifier(model, state, config, origin=origin)
     record = {"epoch": epoch + 1, "seconds": time.time() - t0, "train_loss": loss}
     if val is not None and len(val):
       ev = evaluate(clf, val.images, val.labels)
@@ -259,16 +258,14 @@ def fit(train: data_lib.Faces, val: data_lib.Faces | None, config: TrainConfig, 
     history.append(record)
     if manager:
       manager.save(epoch + 1, state, history)
-  return _classifier(model, state, config, history=history)
+  return _classifier(model, state, config, history=history, origin=origin)
 
 
-def _classifier(model, state, config, history=None) -> Classifier:
+def _classifier(model, state, config, history=None, origin=None) -> Classifier:
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   meta = {"kind": "cnn", "config": model.config(), "train": dataclasses.asdict(config)}
   if history is not None:
     meta["history"] = history
-  if config.init_from:  # the recipe of the starting weights, so the checkpoint tells it all
-    from jaxplain import checkpoint
-    source = json.loads((pathlib.Path(config.init_from) / checkpoint.META_FILE).read_text())
-    meta["init_from"] = {k: source[k] for k in ("train", "history", "init_from") if k in source}
+  if origin is not None:  # the recipe of the starting weights, so the checkpoint tells it all
+    meta["init_from"] = {k: origin[k] for k in ("train", "history", "init_from") if k in origin}
   return classifier(model, variables, metadata=meta)
