@@ -8,7 +8,8 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is only a test reference: take the CPU build where one is provided locally, so pip does
 # not pull a multi-GB CUDA build; elsewhere fall back to the default build.
-.venv/bin/python -m pip install -q "torch==2.13.0" || .venv/bin/python -m pip install -q torch
+.venv/bin/python -m pip install -q "torch==2.13.0" "torchvision==0.28.0" \
+  || .venv/bin/python -m pip install -q torch torchvision
 .venv/bin/python -m pip install -q -e ".[dev]"
 # Real pretrained PyTorch FER CNN for the conversion and Captum tests (skipped if unavailable).
 .venv/bin/python scripts/fetch_reference_models.py || echo "reference models unavailable: their tests will skip"

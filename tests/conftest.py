@@ -4,6 +4,17 @@ import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+try:  # torchvision (and grad-cam, zennit, quantus) must import even without its C ops
+  import torch  # noqa: F401
+except ImportError:
+  pass
+else:
+  from torch_compat import import_torchvision
+  try:
+    import_torchvision()
+  except ImportError:
+    pass
+
 
 @pytest.fixture
 def key():
