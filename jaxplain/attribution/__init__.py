@@ -4,11 +4,13 @@ Every method has the signature ``method(forward, inputs, target, **options) -> a
 (Grad-CAM takes the classifier for its layers): ``forward`` maps float images
 ``(N, H, W, C)`` to logits ``(N, K)`` (``classifier.forward``, a ``Classifier``, or any such
 function), ``target`` is an int or ``(N,)`` ints, and the attributions have the shape and dtype
-of ``inputs``. Each matches the Captum method named in its docstring.
+of ``inputs``. Each matches the Captum method named in its docstring, and each is registered
+(:mod:`jaxplain.attribution.registry`) under the name the CLI and the report use.
 """
 
 from __future__ import annotations
 
+from jaxplain.attribution import registry
 from jaxplain.attribution.baselines import blur, make_baselines
 from jaxplain.attribution.cam import grad_cam, upsample
 from jaxplain.attribution.explain import attribute, attribute_many
@@ -38,6 +40,7 @@ __all__ = [
     "integrated_gradients",
     "integrated_gradients_adaptive",
     "make_baselines",
+    "registry",
     "occlusion",
     "saliency",
     "smoothgrad",

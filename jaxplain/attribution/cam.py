@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxplain.attribution._common import check_call, select
 from jaxplain.models import Classifier
+from jaxplain.attribution.registry import register
 
 __all__ = ["grad_cam", "upsample", "INTERPOLATE_MODES"]
 
@@ -77,6 +78,8 @@ def _grad_cam(clf, inputs, target, *, layer, relu, interpolate_mode):
   return upsample(cam, inputs.shape[1:3], mode=interpolate_mode)
 
 
+@register("grad_cam", kind="layer", signed=False, label="Grad-CAM", classifier=True,
+          layer=True, aliases=("gradcam",))
 def grad_cam(classifier: Classifier, inputs, target, *, layer: str, relu: bool = True,
              interpolate_mode: str = "nearest"):
   """Grad-CAM: layer activations weighted by their spatially averaged gradients.

@@ -1,4 +1,4 @@
-"""One entry point for every attribution method by name, over many faces in chunks."""
+"""One entry point for every registered attribution method by name, over many faces in chunks."""
 
 from __future__ import annotations
 
@@ -7,73 +7,78 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from jaxplain.attribution.cam import grad_cam
-from jaxplain.attribution.guided import guided_backprop
-from jaxplain.attribution.integrated_gradients import integrated_gradients
-from jaxplain.attribution.occlusion import occlusion
-from jaxplain.attribution.saliency import input_x_gradient, saliency
-from jaxplain.attribution.smoothgrad import smoothgrad
+from jaxplain import batching
+from jaxplain.attribution import registry
 from jaxplain.models import Classifier
 
-__all__ = ["NAMES", "attribute", "attribute_many", "default_cam_layer"]
-
-NAMES = ("saliency", "input_x_gradient", "ig", "smoothgrad", "guided", "gradcam", "occlusion")
+__all__ = ["attribute", "attribute_many", "default_cam_layer", "method_options"]
 
 
 def default_cam_layer(classifier: Classifier) -> str:
-  """The last layer of ``classifier`` with spatial ``(N, h, w, C)`` activations."""
-  x = jax.ShapeDtypeStruct((1,) + tuple(classifier.input_shape), np.float32)
-  for layer in reversed(classifier.layer_names):
-    _, act = jax.eval_shape(classifier.tapped(layer), x, None)
-    if len(act.shape) == 4 and act.shape[1] > 1:
-      return layer
-  raise ValueError("the classifier has no spatial layer for Grad-CAM")
+  """Deprecated name of :func:`jaxplain.attribution.registry.default_layer`."""
+  return registry.default_layer(classifier)
+
+
+def method_options(classifier: Classifier, method: str, options: dict) -> dict:
+  """``options`` completed with the method's registered defaults and default layer.
+
+  Raises ``ValueError`` naming an option the method does not take, before any work.
+  """
+  m = registry.get(method)
+  unknown = sorted(set(options) - set(m.options))
+  if unknown:
+    raise ValueError(f"method {m.name!r} takes no option(s) {unknown}; its options: "
+                     f"{list(o for o in m.options if o != 'key')}")
+  options = {k: v for k, v in m.defaults.items() if k in m.options} | dict(options)
+  if m.layer and options.get("layer") is None:
+    options["layer"] = registry.default_layer(classifier)
+  return options
 
 
 def attribute(classifier: Classifier, inputs, target, *, method: str, key=None, **options):
-  """``method`` (one of :data:`NAMES`) of ``classifier`` on ``inputs`` for ``target``.
+  """The registered ``method`` of ``classifier`` on ``inputs`` for ``target``.
 
-  ``options`` go to the method (``steps``, ``samples``, ``stdev``, ``layer``, ``window``, ...);
-  ``key`` is used by ``"smoothgrad"``.
+  Args:
+    classifier: the model (layer methods need its named layers).
+    inputs: float ``(N, H, W, C)`` in [0, 1].
+    target: an int or ``(N,)`` class indices.
+    method: a name from :func:`jaxplain.attribution.registry.names` (or an alias: ``ig``,
+      ``guided``, ``gradcam``).
+    key: PRNG key, required by random methods (SmoothGrad, ...), ignored by the others.
+    **options: the method's options; unset ones take the registered defaults (the report's
+      settings), the rest the function's own (Captum's).
   """
-  if method == "saliency":
-    return saliency(classifier.forward, inputs, target, **options)
-  if method == "input_x_gradient":
-    return input_x_gradient(classifier.forward, inputs, target)
-  if method == "ig":
-    return integrated_gradients(classifier.forward, inputs, target, key=key, **options)
-  if method == "smoothgrad":
-    return smoothgrad(classifier.forward, inputs, target, key=key, **options)
-  if method == "guided":
-    return guided_backprop(classifier, inputs, target)
-  if method == "gradcam":
-    options.setdefault("layer", default_cam_layer(classifier))
-    return grad_cam(classifier, inputs, target, **options)
-  if method == "occlusion":
-    return occlusion(classifier.forward, inputs, target, **options)
-  raise ValueError(f"`method` must be one of {NAMES}, got {method!r}")
+  m = registry.get(method)
+  options = method_options(classifier, method, options)
+  if m.random:
+    if key is None:
+      raise ValueError(f"method {m.name!r} is random: pass key=jax.random.key(seed)")
+    options["key"] = key
+  elif key is not None and "key" in m.options:
+    options["key"] = key
+  return m.fn(classifier if m.classifier else classifier.forward, inputs, target, **options)
 
 
 def attribute_many(classifier: Classifier, inputs, target, *, method: str, key=None,
-                   chunk: int = 32, progress: Callable[[int], None] | None = None,
-                   **options) -> np.ndarray:
-  """:func:`attribute` over many faces, ``chunk`` at a time (the last chunk padded, so one
-  compilation serves all); ``progress(n)`` is called after each chunk of ``n`` faces."""
-  inputs, target = np.asarray(inputs), np.asarray(target, np.int32)
-  n = len(inputs)
-  if n == 0:
-    raise ValueError("`inputs` is empty")
-  size = min(chunk, n)
-  outs = []
-  for i, start in enumerate(range(0, n, size)):
-    x, t = inputs[start:start + size], target[start:start + size]
-    pad = size - len(x)
-    if pad:
-      x = np.concatenate([x, np.repeat(x[:1], pad, 0)])
-      t = np.concatenate([t, np.repeat(t[:1], pad, 0)])
-    k = None if key is None else jax.random.fold_in(key, i)
-    outs.append(np.asarray(attribute(classifier, x, t, method=method, key=k, **options))[
-        :size - pad])
-    if progress is not None:
-      progress(size - pad)
-  return np.concatenate(outs)
+                   images_per_batch: int = 32, progress: Callable[[int], None] | None = None,
+                   chunk: int | None = None, **options) -> np.ndarray:
+  """:func:`attribute` over many faces, ``images_per_batch`` at a time.
+
+  Every call sees the same shape (the last batch is padded), so one compilation serves any
+  count; ``progress(n)`` is called after each batch of ``n`` faces. ``chunk`` is the deprecated
+  name of ``images_per_batch``. Random methods get ``fold_in(key, batch index)``.
+  """
+  if chunk is not None:
+    import warnings
+    warnings.warn("attribute_many(chunk=...) is deprecated; use images_per_batch=...",
+                  DeprecationWarning, stacklevel=2)
+    images_per_batch = chunk
+  registry.get(method)  # a bad name fails before any work
+  options = method_options(classifier, method, options)
+  inputs, target = np.asarray(inputs), np.asarray(target)
+  if target.ndim == 0:
+    target = np.full(len(inputs), int(target))
+  fn = lambda *args: attribute(classifier, *args[-2:], method=method,
+                               key=args[0] if len(args) == 3 else None, **options)
+  return batching.map_chunks(fn, (inputs, target.astype(np.int32)), size=images_per_batch,
+                             progress=progress, key=key)

@@ -18,6 +18,7 @@ from jax.extend import core as jex_core
 
 from jaxplain.attribution._common import check_call, target_grad
 from jaxplain.models import Classifier, _Bound, guided_relu
+from jaxplain.attribution.registry import register
 
 __all__ = ["guided_backprop", "guided"]
 
@@ -169,6 +170,8 @@ def _guided_backprop(forward, inputs, target):
   return target_grad(forward, inputs, target)
 
 
+@register("guided_backprop", kind="modified-backward", signed=False,
+          label="guided backprop", aliases=("guided",))
 def guided_backprop(forward, inputs, target):
   """Gradient of the target logit through guided ReLUs (Captum ``GuidedBackprop``).
 

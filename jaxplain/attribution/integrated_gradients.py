@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxplain.attribution._common import check_call, select, target_grad
 from jaxplain.attribution.baselines import make_baselines
+from jaxplain.attribution.registry import register
 
 __all__ = ["METHODS", "approximation", "integrated_gradients", "completeness_gap",
            "integrated_gradients_adaptive"]
@@ -110,6 +111,8 @@ def _check_options(steps, method, batch_size):
     raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
 
 
+@register("integrated_gradients", kind="path", signed=True, label="integrated gradients",
+          defaults={"steps": 50}, aliases=("ig",))
 def integrated_gradients(forward, inputs, target, *, baselines=None, steps: int = 50,
                          method: str = "gausslegendre", batch_size: int | None = None,
                          key=None):

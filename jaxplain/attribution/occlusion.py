@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.attribution._common import check_call, select
+from jaxplain.attribution.registry import register
 
 __all__ = ["occlusion", "occlusion_masks"]
 
@@ -62,6 +63,7 @@ def _occlusion(forward, inputs, target, baseline, *, window, stride, batch_size)
   return (total / count[None])[..., None] * jnp.ones_like(inputs)
 
 
+@register("occlusion", kind="perturbation", signed=True, defaults={"window": 8, "stride": 4})
 def occlusion(forward, inputs, target, *, window, stride, baseline=0.0,
               batch_size: int | None = None):
   """Occlusion (Captum ``Occlusion`` with a window over all channels).

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxplain.attribution._common import check_call, target_grad
+from jaxplain.attribution.registry import register
 
 __all__ = ["saliency", "input_x_gradient"]
 
@@ -30,6 +31,7 @@ def _input_x_gradient(forward, inputs, target):
   return inputs * target_grad(forward, inputs, target)
 
 
+@register("saliency", kind="gradient", signed=False)
 def saliency(forward, inputs, target, *, abs: bool = True):  # noqa: A002 (Captum's name)
   """Gradient of the target logit with respect to the input (Captum ``Saliency``).
 
@@ -47,6 +49,7 @@ def saliency(forward, inputs, target, *, abs: bool = True):  # noqa: A002 (Captu
   return _saliency(forward, inputs, target, abs=bool(abs))
 
 
+@register("input_x_gradient", kind="gradient", signed=True, label="input × gradient")
 def input_x_gradient(forward, inputs, target):
   """Input times the gradient of the target logit (Captum ``InputXGradient``).
 

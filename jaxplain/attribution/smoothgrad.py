@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxplain.attribution._common import check_call
 from jaxplain.attribution.saliency import saliency
+from jaxplain.attribution.registry import register
 
 __all__ = ["smoothgrad", "KINDS"]
 
@@ -36,6 +37,8 @@ def _smoothgrad(forward, inputs, target, noise, *, kind, method, batch_size):
   return mean_sq - mean * mean
 
 
+@register("smoothgrad", kind="gradient", signed=False, label="SmoothGrad", random=True,
+          defaults={"samples": 25, "stdev": 0.15})
 def smoothgrad(forward, inputs, target, *, key, samples: int = 5, stdev: float = 1.0,
                kind: str = "smoothgrad", method=saliency, noise=None,
                batch_size: int | None = None):

@@ -1,0 +1,126 @@
+"""One home for chunking: how every jaxplain loop over images, path points, samples or masks
+bounds its memory.
+
+Two places need it:
+
+* inside a jit-compiled method, many evaluations of a model (path points, noisy copies, masks)
+  run ``batch_size`` at a time with :func:`chunked_map` (``jax.lax.map`` with a batch size, so
+  the compiled program holds one chunk's activations, not all of them);
+* on the host, many images run through one compiled function in fixed-size chunks with
+  :func:`map_chunks` (the last chunk padded, so one compilation serves any count).
+
+:func:`auto_batch_size` turns a memory budget into a chunk size from the model's activation
+sizes (read off its jaxpr, nothing is computed), so ``batch_size=None`` never means "everything
+at once" when that would not fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["DEFAULT_BUDGET", "activation_bytes", "auto_batch_size", "check_batch_size",
+           "chunked_map", "map_chunks"]
+
+# Bytes of activations one chunk may hold by default: a few hundred MB keeps the README's
+# examples far below a laptop's memory while chunks stay large enough to be fast.
+DEFAULT_BUDGET = 512 * 2**20
+
+
+def check_batch_size(value, *, name: str = "batch_size", allow_none: bool = True) -> int | None:
+  """``value`` as a positive int (or ``None`` where allowed); a ``ValueError`` naming ``name``."""
+  if value is None and allow_none:
+    return None
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"`{name}` must be a positive int{' or None' if allow_none else ''}, "
+                     f"got {value!r}")
+  return int(value)
+
+
+def chunked_map(fn: Callable, xs, *, batch_size: int | None):
+  """``fn`` over the leading axis of the pytree ``xs``, ``batch_size`` rows at a time.
+
+  Inside ``jit`` this is ``jax.lax.map(fn, xs, batch_size=...)``: rows of a chunk are vmapped,
+  chunks run one after another, so peak memory is one chunk's. ``None`` (or a size at least the
+  number of rows) vmaps all rows at once. Results are stacked along a new leading axis.
+  """
+  n = jax.tree.leaves(xs)[0].shape[0]
+  if batch_size is None or batch_size >= n:
+    return jax.vmap(fn)(xs)
+  return jax.lax.map(fn, xs, batch_size=batch_size)
+
+
+def map_chunks(fn: Callable, arrays: Sequence, *, size: int,
+               progress: Callable[[int], None] | None = None, key=None):
+  """``fn(*chunk)`` (or ``fn(key_i, *chunk)``) over fixed-size chunks of host arrays.
+
+  Args:
+    fn: usually a jit-compiled function; it sees every chunk with the same shape.
+    arrays: arrays with the same leading length N (images, targets, segments, ...).
+    size: rows per call. The last chunk is padded by repeating its first row (valid input for
+      any model and any target), and the padding is dropped from the results.
+    progress: called with the number of real rows after each chunk.
+    key: if given, ``jax.random.fold_in(key, i)`` is passed first for chunk ``i``.
+
+  Returns:
+    ``fn``'s outputs (a pytree of arrays) concatenated as NumPy along the leading axis.
+  """
+  arrays = [np.asarray(a) for a in arrays]
+  n = len(arrays[0])
+  if any(len(a) != n for a in arrays):
+    raise ValueError(f"arrays of different lengths {[len(a) for a in arrays]}")
+  if n == 0:
+    raise ValueError("no rows to process (empty batch)")
+  size = min(check_batch_size(size, name="size", allow_none=False), n)
+  outs = []
+  for i, start in enumerate(range(0, n, size)):
+    chunk = [a[start:start + size] for a in arrays]
+    real = len(chunk[0])
+    if real < size:
+      chunk = [np.concatenate([c, np.repeat(c[:1], size - real, 0)]) for c in chunk]
+    args = chunk if key is None else [jax.random.fold_in(key, i)] + chunk
+    out = fn(*args)
+    outs.append(jax.tree.map(lambda o: np.asarray(o)[:real], out))
+    if progress is not None:
+      progress(real)
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
+
+
+def _jaxprs_in_params(params):
+  try:
+    from jax.extend.core import jaxprs_in_params
+  except ImportError:  # older jax
+    jaxprs_in_params = jax.core.jaxprs_in_params
+  return jaxprs_in_params(params)
+
+
+def activation_bytes(fn: Callable, *args) -> int:
+  """Bytes of every intermediate value of ``fn(*args)`` (its jaxpr's equation outputs).
+
+  An upper bound on what reverse-mode differentiation keeps for the backward pass; computed
+  from shapes alone (``args`` may be ``jax.ShapeDtypeStruct``).
+  """
+  jaxpr = jax.make_jaxpr(fn)(*args)
+
+  def walk(jp) -> int:
+    total = 0
+    for eqn in jp.eqns:
+      for v in eqn.outvars:
+        aval = getattr(v, "aval", None)
+        if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+          total += int(np.prod(aval.shape, dtype=np.int64)) * jnp.dtype(aval.dtype).itemsize
+      for sub in _jaxprs_in_params(eqn.params):
+        total += walk(sub)
+    return total
+
+  return walk(jaxpr.jaxpr)
+
+
+def auto_batch_size(per_row_bytes: int, rows: int, *, budget: int = DEFAULT_BUDGET) -> int:
+  """How many of ``rows`` evaluations (each holding ``per_row_bytes``) fit ``budget`` at once."""
+  if per_row_bytes <= 0:
+    return rows
+  return int(max(1, min(rows, budget // per_row_bytes)))

@@ -1,0 +1,57 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxplain import batching
+
+
+def test_chunked_map_equals_vmap_for_every_batch_size():
+  xs = jnp.arange(10.0)
+  want = jax.vmap(jnp.sin)(xs)
+  for b in (None, 1, 3, 10, 99):
+    np.testing.assert_allclose(jax.jit(lambda x: batching.chunked_map(jnp.sin, x, batch_size=b))(xs),
+                               want, rtol=1e-6)
+
+
+def test_map_chunks_pads_with_a_real_row_and_compiles_once():
+  calls = []
+
+  @jax.jit
+  def f(x, t):
+    calls.append(x.shape)  # traced once per shape
+    return {"y": x * 2, "t": t + 1}
+
+  x, t = np.arange(7.0)[:, None], np.arange(7)
+  done = []
+  out = batching.map_chunks(f, (x, t), size=3, progress=done.append)
+  np.testing.assert_array_equal(out["y"], x * 2)
+  np.testing.assert_array_equal(out["t"], t + 1)
+  assert done == [3, 3, 1] and calls == [(3, 1)]
+
+
+def test_map_chunks_folds_the_key_per_chunk():
+  out = batching.map_chunks(lambda k, x: jax.random.uniform(k, x.shape), (np.zeros(4),), size=2,
+                            key=jax.random.key(0))
+  assert out[0] != out[2]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
+def test_bad_sizes_are_named(bad):
+  with pytest.raises(ValueError, match="`size` must be a positive int"):
+    batching.map_chunks(lambda x: x, (np.zeros(3),), size=bad)
+  with pytest.raises(ValueError, match="`points_per_batch` must be a positive int or None"):
+    batching.check_batch_size(bad, name="points_per_batch")
+
+
+def test_empty_batch_is_an_error_not_a_crash():
+  with pytest.raises(ValueError, match="empty batch"):
+    batching.map_chunks(lambda x: x, (np.zeros((0, 2)),), size=4)
+
+
+def test_activation_bytes_counts_intermediates_from_shapes():
+  x = jax.ShapeDtypeStruct((2, 1000), jnp.float32)
+  # sin, then cos: two (2, 1000) float32 intermediates = 16 kB
+  assert batching.activation_bytes(lambda v: jnp.cos(jnp.sin(v)), x) == 2 * 2 * 1000 * 4
+  assert batching.auto_batch_size(100, 50, budget=1000) == 10
+  assert batching.auto_batch_size(10**9, 50, budget=1000) == 1
