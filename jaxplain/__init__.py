@@ -2,15 +2,18 @@
 
 Every classifier takes float images ``(N, H, W, C)`` in [0, 1] (NHWC) and returns logits
 ``(N, K)``; its ``forward`` is a pure function that passes through ``jax.jit`` as an argument.
-Every attribution method is ``method(forward, inputs, target, **options)``.
+Every attribution method is ``method(forward, inputs, target, **options)``, registered by name
+(:mod:`jaxplain.attribution.registry`) for :func:`attribute`, the CLI and the report.
 """
 
 from __future__ import annotations
 
 import pathlib
 
-from jaxplain import convert, lime
+from jaxplain import attribution, batching, convert, evaluation, lime
 from jaxplain.attribution import (
+    attribute,
+    attribute_many,
     completeness_gap,
     grad_cam,
     guided_backprop,
@@ -41,9 +44,14 @@ __all__ = [
     "CNN",
     "Classifier",
     "activations",
+    "attribute",
+    "attribute_many",
+    "attribution",
+    "batching",
     "classifier",
     "completeness_gap",
     "convert",
+    "evaluation",
     "from_torch",
     "grad_cam",
     "guided_backprop",
@@ -55,6 +63,7 @@ __all__ = [
     "maximize_activation",
     "occlusion",
     "saliency",
+    "save_classifier",
     "shipped_checkpoint",
     "smoothgrad",
 ]

@@ -1,49 +1,44 @@
-"""The ``jaxplain`` command: argument parsing only; the work is in the library."""
+"""The ``jaxplain`` command: argument parsing only; each subcommand calls one library function
+(:mod:`jaxplain.commands`, :func:`jaxplain.report.report`), whose config dataclasses hold the
+defaults."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import pathlib
+import logging
 import sys
-import time
 
-import numpy as np
+from jaxplain import commands
+from jaxplain.commands import (ConvertConfig, EvaluateConfig, ExplainConfig, FiltersConfig,
+                               LimeConfig)
 
-
-def _log(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
+log = logging.getLogger("jaxplain")
 
 
 def _ints(text: str) -> tuple[int, ...]:
-  return tuple(int(t) for t in text.split(",") if t.strip())
+  try:
+    return tuple(int(t) for t in text.split(",") if t.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _faces(args, *, default_split: str | None = None):
-  """The faces named by ``--data/--split`` or ``--images``, else the bundled sample faces."""
-  from jaxplain import data
-  if getattr(args, "images", None):
-    images = data.load_images(args.images)  # unlabelled: label -1
-    return data.Faces(images, np.full(len(images), -1, np.int32), np.full(len(images), "user"),
-                      source="--images")
-  if getattr(args, "data", None):
-    faces = data.load(args.data, skip_bad=getattr(args, "skip_bad", False))
-    if faces.skipped:
-      _log(f"skipped {faces.skipped} malformed rows of {args.data}")
-    split = args.split if args.split is not None else default_split
-    return faces.split(split if split not in ("", "all") else None)
-  return data.sample_faces()
+def _floats(text: str) -> tuple[float, ...]:
+  try:
+    return tuple(float(t) for t in text.split(",") if t.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _per_class(faces, clf, per_class: int):
-  """The first ``per_class`` faces of each class (all faces for 0); errors when none remain."""
-  if per_class:
-    faces = faces.take(np.concatenate([np.flatnonzero(faces.labels == k)[:per_class]
-                                       for k in range(clf.num_classes)]))
-  if not len(faces):
-    raise ValueError("no faces to explain")
-  return faces
+def _option(text: str) -> tuple[str, object]:
+  """``NAME=VALUE`` of ``--option``; VALUE is read as JSON where it parses (numbers, lists)."""
+  import json
+  name, sep, value = text.partition("=")
+  if not sep or not name:
+    raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+  try:
+    return name.replace("-", "_"), json.loads(value)
+  except json.JSONDecodeError:
+    return name.replace("-", "_"), value
 
 
 def _checkpoint(args):
@@ -51,8 +46,14 @@ def _checkpoint(args):
   return checkpoint.load_classifier(args.checkpoint or shipped_checkpoint())
 
 
+def _faces(args, default_split=None):
+  return commands.load_faces(images=getattr(args, "images", None), data=getattr(args, "data", None),
+                             split=getattr(args, "split", None),
+                             skip_bad=getattr(args, "skip_bad", False), default_split=default_split)
+
+
 def cmd_train(args) -> int:
-  from jaxplain import checkpoint, data, train
+  from jaxplain import checkpoint, train
   model = {"widths": list(args.widths), "depths": list(args.depths), "hidden": args.hidden,
            "dropout": args.dropout}
   if args.init_from:  # the architecture is the saved one's
@@ -62,216 +63,87 @@ def cmd_train(args) -> int:
       epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
       class_weighting=args.class_weighting, seed=args.seed, model=model,
-      init_from=str(pathlib.Path(args.init_from).absolute()) if args.init_from else "")
-  t0 = time.time()
-  faces = data.load(args.data, skip_bad=args.skip_bad)
-  _log(f"read {len(faces)} faces from {args.data} in {time.time() - t0:.1f}s"
-       + (f" ({faces.skipped} malformed rows skipped)" if faces.skipped else ""))
-  train_set = faces.split(args.train_split)
-  val_set = faces.split(args.val_split) if args.val_split else None
-  clf = train.fit(train_set, val_set, config, run_dir=args.run_dir, resume=args.resume,
-                  stop_after=args.stop_after, log=_log)
-  if args.out:
-    extra = {}
-    if val_set is not None:
-      ev = train.evaluate(clf, val_set.images, val_set.labels)
-      extra["evaluation"] = {args.val_split: ev.to_json(clf.class_names)}
-      print(ev.format(clf.class_names))
-    extra["trained_on"] = {"file": pathlib.Path(args.data).name, "split": args.train_split,
-                           "count": len(train_set)}
-    path = checkpoint.save_classifier(clf, args.out, overwrite=True, extra=extra)
-    _log(f"saved classifier to {path}")
+      init_from=args.init_from or "")
+  commands.train(args.data, args.out, config, train_split=args.train_split,
+                 val_split=args.val_split, run_dir=args.run_dir, resume=args.resume,
+                 fresh=args.fresh, stop_after=args.stop_after, skip_bad=args.skip_bad,
+                 overwrite=args.overwrite)
   return 0
 
 
 def cmd_evaluate(args) -> int:
-  from jaxplain import train, viz
   clf = _checkpoint(args)
-  faces = _faces(args, default_split="PublicTest")
-  ev = train.evaluate(clf, faces.images, faces.labels)
-  print(f"{faces.source}: {len(faces)} faces")
-  print(ev.format(clf.class_names))
-  if args.out:
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    viz.save(viz.confusion_figure(ev.confusion, clf.class_names, title=f"accuracy "
-                                  f"{ev.accuracy:.3f} on {len(faces)} faces"),
-             out / "confusion_matrix.png")
-    (out / "evaluation.json").write_text(json.dumps(ev.to_json(clf.class_names), indent=1))
-    _log(f"wrote {out / 'confusion_matrix.png'} and {out / 'evaluation.json'}")
+  commands.evaluate(clf, _faces(args, "PublicTest"), args.out,
+                    EvaluateConfig(batch_size=args.batch_size), overwrite=args.overwrite)
   return 0
 
 
 def cmd_lime(args) -> int:
-  import jax
-  from tqdm.auto import tqdm
-
-  from jaxplain import data, lime, train, viz
-  clf = _checkpoint(args)
-  faces = _faces(args, default_split="PublicTest")
-  known = len(faces) > 0 and bool((faces.labels >= 0).all())
-  ev = train.evaluate(clf, faces.images, faces.labels) if known else None
-  faces = _per_class(faces, clf, args.per_class if known else 0)
-  images = data.to_float(faces.images)
-  probabilities = np.asarray(jax.nn.softmax(clf.predict(images), axis=-1))
-  targets = faces.labels if args.target == "true" and known else probabilities.argmax(-1)
-  segments = lime.segment_faces(images, n_segments=args.n_segments,
-                                compactness=args.compactness)
-  with tqdm(total=len(images), desc="LIME", unit="face") as bar:
-    result = lime.lime_many(clf, images, targets, segments, key=jax.random.key(args.seed),
-                            num_samples=args.num_samples, images_per_call=args.images_per_call,
-                            batch_size=args.batch_size, progress=bar.update)
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  np.savez_compressed(out / "lime.npz", segments=segments, targets=targets, labels=faces.labels,
-                      probabilities=probabilities, **result._asdict())
-  viz.save(viz.lime_class_figure(
-      images, segments, result.weights, targets, clf.class_names,
-      labels=faces.labels if known else None,
-      probabilities=probabilities[np.arange(len(targets)), targets],
-      per_class=None if ev is None else ev.per_class,
-      confusion=None if ev is None else ev.confusion, num_features=args.num_features),
-      out / "lime_classes.png")
-  summary = {"faces": len(images), "source": faces.source, "num_samples": args.num_samples,
-             "seed": args.seed, "target": args.target,
-             "mean_score": float(np.mean(result.score)),
-             "evaluation": None if ev is None else ev.to_json(clf.class_names)}
-  (out / "lime.json").write_text(json.dumps(summary, indent=1))
-  print(f"LIME on {len(images)} faces ({args.num_samples} samples each): mean R^2 of the local "
-        f"models {summary['mean_score']:.3f}")
-  _log(f"wrote {out / 'lime_classes.png'}, {out / 'lime.npz'} and {out / 'lime.json'}")
+  cfg = LimeConfig(per_class=args.per_class, target=args.target, num_samples=args.num_samples,
+                   num_features=args.num_features, n_segments=args.n_segments,
+                   compactness=args.compactness, images_per_call=args.images_per_call,
+                   batch_size=args.batch_size, seed=args.seed)
+  commands.lime(_checkpoint(args), _faces(args, "PublicTest"), args.out, cfg,
+                overwrite=args.overwrite)
   return 0
 
 
 def cmd_filters(args) -> int:
-  import jax
-  from tqdm.auto import tqdm
-
-  from jaxplain import data, feature_vis, viz
-  clf = _checkpoint(args)
-  layer = args.layer or feature_vis.default_layer(clf)
-  clf.check_layer(layer)
-  filters = feature_vis.parse_filters(args.filters, feature_vis.filter_count(clf, layer))
-  if args.image:
-    face = data.load_images([args.image])[0]
-  else:
-    sample = data.sample_faces()
-    face = sample.images[int(np.flatnonzero(sample.labels == 3)[0])]  # a happy face
-  options = dict(steps=args.steps, fourier=args.fourier, jitter=args.jitter, tv=args.tv,
-                 l2=args.l2, blur_every=args.blur_every, blur_sigma=args.blur_sigma,
-                 pixel_range=args.pixel_range)
-  with tqdm(total=len(filters), desc=f"gradient ascent on {layer}", unit="filter") as bar:
-    vis = feature_vis.maximize_filters(clf, layer, filters, key=jax.random.key(args.seed),
-                                       chunk=args.chunk, progress=bar.update, **options)
-  index = (np.arange(len(filters)), np.asarray(filters))
-  start = np.asarray(feature_vis.channel_activation(clf, vis.start_images, layer))[index]
-  final = np.asarray(feature_vis.channel_activation(clf, vis.images, layer))[index]
-  maps = np.asarray(feature_vis.activations(clf, data.to_float(face[None]), layer))[0]
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  viz.save(viz.filter_grid_figure(vis.images, filters, layer=layer), out / f"filters_{layer}.png")
-  viz.save(viz.feature_maps_figure(face, maps[..., filters], filters, layer=layer),
-           out / f"feature_maps_{layer}.png")
-  np.savez_compressed(out / f"filters_{layer}.npz", filters=np.asarray(filters),
-                      images=vis.images, trace=vis.trace, start_images=vis.start_images,
-                      face=face, feature_maps=maps)
-  summary = {"layer": layer, "filters": filters, "seed": args.seed, "options": options,
-             "start_activation": start.tolist(), "final_activation": final.tolist()}
-  (out / f"filters_{layer}.json").write_text(json.dumps(summary, indent=1))
-  print(f"{layer}: {len(filters)} filters, mean activation {start.mean():.3g} at the random "
-        f"start -> {final.mean():.3g} after {args.steps} steps")
-  _log(f"wrote {out / f'filters_{layer}.png'}, {out / f'feature_maps_{layer}.png'}, "
-       f"filters_{layer}.npz and filters_{layer}.json")
+  from jaxplain import data
+  cfg = FiltersConfig(layer=args.layer, filters=args.filters, steps=args.steps,
+                      fourier=args.fourier, pixel_range=args.pixel_range, jitter=args.jitter,
+                      tv=args.tv, l2=args.l2, blur_every=args.blur_every,
+                      blur_sigma=args.blur_sigma, filters_per_batch=args.filters_per_batch,
+                      seed=args.seed)
+  face = data.load_images([args.image])[0] if args.image else None
+  commands.filters(_checkpoint(args), args.out, cfg, face=face, overwrite=args.overwrite)
   return 0
 
 
 def cmd_convert(args) -> int:
-
-  from jaxplain import checkpoint, convert, data
-  try:
-    model_args = json.loads(args.model_args) if args.model_args else {}
-  except json.JSONDecodeError as e:
-    raise ValueError(f"--model-args is not JSON ({e}): {args.model_args!r}") from None
-  cls = convert.import_class(args.model)
-  module = cls(*model_args) if isinstance(model_args, list) else cls(**model_args)
-  if args.weights:
-    convert.load_torch_weights(module, args.weights, key=args.key, trusted=args.trusted)
-  else:
-    _log("no --weights: converting the module's freshly initialised weights")
-  floats = lambda text: [float(t) for t in text.split(",")]
-  clf = convert.from_torch(module, input_shape=args.input_shape, mean=floats(args.mean),
-                           std=floats(args.std), output_activation=args.output_activation)
-  h, w, c = clf.input_shape
-  path = checkpoint.save_classifier(clf, args.out, overwrite=args.overwrite, extra={
-      "converted_from": {"model": args.model, "model_args": model_args,
-                         "weights": pathlib.Path(args.weights).name if args.weights else None,
-                         "key": args.key}})
-  print(f"converted {cls.__name__}: {len(clf.layer_names)} layers, {clf.num_classes} outputs; "
-        f"saved to {path}")
-  if (h, w) == (48, 48) and c in (1, 3):
-    faces = data.sample_faces()
-    images = np.repeat(data.to_float(faces.images), c, axis=-1)
-    diff = convert.torch_difference(module, clf, images)
-    print(f"on {diff['n']} bundled FER2013 faces: max |torch - jax| = "
-          f"{diff['max_abs_diff']:.3g}, predictions agree on {diff['argmax_agree']}/{diff['n']}")
+  cfg = ConvertConfig(model=args.model, model_args=args.model_args, weights=args.weights,
+                      key=args.key, trusted=args.trusted, input_shape=args.input_shape,
+                      mean=args.mean, std=args.std, output_activation=args.output_activation)
+  commands.convert(args.out, cfg, overwrite=args.overwrite)
   return 0
 
 
 def cmd_explain(args) -> int:
-  import jax
-  from tqdm.auto import tqdm
-
-  from jaxplain import attribution, data, viz
-  clf = _checkpoint(args)
-  faces = _faces(args, default_split="PublicTest")
-  known = len(faces) > 0 and bool((faces.labels >= 0).all())
-  faces = _per_class(faces, clf, args.per_class if known else 0)
-  images = data.to_float(faces.images)
-  predictions = clf.predict(images).argmax(-1)
-  targets = faces.labels if args.target == "true" and known else predictions
-  options = {"saliency": {}, "smoothgrad": {"samples": args.samples, "stdev": args.stdev},
-             "ig": {"steps": args.steps, "method": args.rule, "batch_size": args.batch_size,
-                    "baselines": args.baseline},
-             "guided": {}, "occlusion": {"window": args.window, "stride": args.stride},
-             "gradcam": {"layer": args.layer} if args.layer else {}}[args.method]
-  with tqdm(total=len(images), desc=args.method, unit="face") as bar:
-    attrs = attribution.attribute_many(clf, images, targets, method=args.method,
-                                       key=jax.random.key(args.seed), chunk=args.chunk,
-                                       progress=bar.update, **options)
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  np.savez_compressed(out / f"{args.method}.npz", attributions=attrs, images=faces.images,
-                      labels=faces.labels, targets=targets, predictions=predictions)
-  sign = "all" if args.method in ("ig", "occlusion") else "absolute_value"
-  written = []
-  for page, start in enumerate(range(0, len(images), 7)):
-    sl = slice(start, start + 7)
-    path = out / f"{args.method}_{page:03d}.png"
-    viz.save(viz.class_attribution_figure(
-        images[sl], attrs[sl], clf.class_names, labels=targets[sl], predictions=predictions[sl],
-        method_name=f"{args.method} (target: {args.target if known else 'pred'})", sign=sign),
-        path)
-    written.append(path.name)
-  _log(f"wrote {out / f'{args.method}.npz'} and {len(written)} figure(s) {written[0]}...")
+  options = dict(args.option or ())
+  flags = {"steps": args.steps, "rule": args.rule, "baselines": args.baseline,
+           "batch_size": args.batch_size, "samples": args.samples, "stdev": args.stdev,
+           "layer": args.layer, "window": args.window, "stride": args.stride}
+  from jaxplain.attribution import registry
+  accepted = registry.get(args.method).options
+  for name, value in flags.items():
+    if value is not None:
+      if name not in accepted:
+        raise ValueError(f"--{name.replace('_', '-')} does not apply to --method "
+                         f"{args.method}; its options: {', '.join(accepted) or 'none'}")
+      options.setdefault(name, value)
+  cfg = ExplainConfig(method=args.method, per_class=args.per_class, target=args.target,
+                      images_per_batch=args.images_per_batch, seed=args.seed, tol=args.tol,
+                      options=options)
+  commands.explain(_checkpoint(args), _faces(args, "PublicTest"), args.out, cfg,
+                   overwrite=args.overwrite)
   return 0
 
 
 def cmd_report(args) -> int:
-  from jaxplain import data, report, shipped_checkpoint
-  t0 = time.time()
-  clf = _checkpoint(args)
-  faces = _faces(argparse.Namespace(images=args.images))  # the photos, or the bundled faces
-  measure = None
-  if args.data:
-    measure = _faces(args, default_split="PublicTest")
-  config = report.ReportConfig(
-      ig_steps=args.ig_steps, filters=args.filters, filter_layer=args.layer,
+  from jaxplain import report, shipped_checkpoint
+  cfg = report.ReportConfig(
+      ig_tol=args.ig_tol, filters=args.filters, filter_layer=args.layer,
       gradcam_layer=args.gradcam_layer, lime_samples=args.lime_samples,
-      per_class=args.per_class, seed=args.seed)
-  page = report.report(clf, faces, args.out, config=config, measure=measure,
-                       checkpoint_name=str(args.checkpoint or shipped_checkpoint()), log=_log)
+      per_class=args.per_class, seed=args.seed,
+      methods=tuple(args.methods) if args.methods else report.ReportConfig.methods)
+  report.check(cfg, args.out, overwrite=args.overwrite)
+  clf = _checkpoint(args)
+  faces = commands.load_faces(images=args.images)  # the photos, or the bundled faces
+  measure = _faces(args, "PublicTest") if args.data else None
+  page = report.report(clf, faces, args.out, config=cfg, measure=measure,
+                       checkpoint_name=args.checkpoint or "the shipped FER2013 CNN",
+                       overwrite=args.overwrite)
   print(page)
-  _log(f"total {time.time() - t0:.0f}s")
   return 0
 
 
@@ -283,147 +155,215 @@ def _add_data_args(p, *, split_default=None):
   p.add_argument("--skip-bad", action="store_true", help="drop malformed rows instead of failing")
 
 
+def _add_common(p, *, checkpoint=True, out_required=True, out_help="output directory"):
+  if checkpoint:
+    p.add_argument("--checkpoint", help="classifier directory (default: the shipped one)")
+  p.add_argument("--out", required=out_required, help=out_help)
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace --out if it holds earlier jaxplain output (never other folders)")
+
+
+def _add_target(p):
+  p.add_argument("--target", choices=commands.TARGETS + ("pred",), default=ExplainConfig.target,
+                 help="explain the true class (when the faces are labelled) or the predicted one")
+
+
 def parser() -> argparse.ArgumentParser:
+  from jaxplain import report, train
+  from jaxplain.attribution import registry
+  from jaxplain.models import CNN
   p = argparse.ArgumentParser(prog="jaxplain", description="Train and explain a FER2013 CNN "
                               "in JAX: saliency, integrated gradients, filters, LIME.")
+  verbosity = p.add_mutually_exclusive_group()
+  verbosity.add_argument("-q", "--quiet", action="store_true", help="errors and results only")
+  verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
   sub = p.add_subparsers(dest="command", required=True)
 
+  tc = train.TrainConfig()
   t = sub.add_parser("train", help="train the CNN with optax")
   t.add_argument("--data", required=True, help="FER2013 CSV or image folder")
   t.add_argument("--train-split", default="Training")
   t.add_argument("--val-split", default="PublicTest", help="evaluated each epoch ('' : none)")
   t.add_argument("--skip-bad", action="store_true")
-  t.add_argument("--epochs", type=int, default=30)
-  t.add_argument("--batch-size", type=int, default=128)
-  t.add_argument("--lr", type=float, default=0.05)
-  t.add_argument("--weight-decay", type=float, default=5e-4)
-  t.add_argument("--label-smoothing", type=float, default=0.0)
-  t.add_argument("--class-weighting", type=float, default=0.0,
+  t.add_argument("--epochs", type=int, default=tc.epochs)
+  t.add_argument("--batch-size", type=int, default=tc.batch_size)
+  t.add_argument("--lr", type=float, default=tc.learning_rate)
+  t.add_argument("--weight-decay", type=float, default=tc.weight_decay)
+  t.add_argument("--label-smoothing", type=float, default=tc.label_smoothing)
+  t.add_argument("--class-weighting", type=float, default=tc.class_weighting,
                  help="weigh classes by inverse frequency to this power (0: off, 1: full)")
-  t.add_argument("--widths", type=_ints, default=(32, 64, 128, 256))
-  t.add_argument("--depths", type=_ints, default=(1, 1, 2, 2))
-  t.add_argument("--hidden", type=int, default=256)
-  t.add_argument("--dropout", type=float, default=0.3)
-  t.add_argument("--seed", type=int, default=0)
+  t.add_argument("--widths", type=_ints, default=tuple(CNN.widths), help="channels per stage")
+  t.add_argument("--depths", type=_ints, default=tuple(CNN.depths),
+                 help="conv blocks per stage (one per width)")
+  t.add_argument("--hidden", type=int, default=CNN.hidden)
+  t.add_argument("--dropout", type=float, default=CNN.dropout)
+  t.add_argument("--seed", type=int, default=tc.seed)
   t.add_argument("--init-from", metavar="CHECKPOINT",
                  help="start from this saved classifier's weights (a new schedule and optimizer "
                       "state: fine-tuning or a warm restart); the architecture is the saved one's")
   t.add_argument("--run-dir", default="runs/fer", help="epoch checkpoints go here")
   t.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+  t.add_argument("--fresh", action="store_true",
+                 help="start a new run in a --run-dir that holds another jaxplain run")
   t.add_argument("--stop-after", type=int, help="stop after this many epochs of this call")
-  t.add_argument("--out", help="save the final classifier to this directory")
+  _add_common(t, checkpoint=False, out_required=False,
+              out_help="save the final classifier to this directory")
   t.set_defaults(func=cmd_train)
 
   e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
-  e.add_argument("--checkpoint", help="classifier directory (default: the shipped one)")
   _add_data_args(e)
-  e.add_argument("--out", help="write confusion_matrix.png and evaluation.json here")
+  e.add_argument("--batch-size", type=int, default=EvaluateConfig.batch_size)
+  _add_common(e, out_required=False, out_help="write confusion_matrix.png and evaluation.json")
   e.set_defaults(func=cmd_evaluate)
+
+  lc = LimeConfig()
   li = sub.add_parser("lime", help="LIME superpixel explanations per class (native, in JAX)")
-  li.add_argument("--checkpoint", help="classifier directory (default: the shipped one)")
   li.add_argument("--images", nargs="+", help="image files to explain (instead of --data)")
   _add_data_args(li, split_default="PublicTest")
-  li.add_argument("--per-class", type=int, default=3,
+  li.add_argument("--per-class", type=int, default=lc.per_class,
                   help="faces of each true class to explain (0: all; labelled data only)")
-  li.add_argument("--target", choices=("predicted", "true"), default="predicted",
-                  help="the class each explanation is for")
-  li.add_argument("--num-samples", type=int, default=1000, help="perturbed samples per face")
-  li.add_argument("--num-features", type=int, default=5,
+  _add_target(li)
+  li.add_argument("--num-samples", type=int, default=lc.num_samples,
+                  help="perturbed samples per face")
+  li.add_argument("--num-features", type=int, default=lc.num_features,
                   help="superpixels marked on each side in the figure")
-  li.add_argument("--n-segments", type=int, default=50, help="SLIC target superpixel count")
-  li.add_argument("--compactness", type=float, default=0.1, help="SLIC compactness")
-  li.add_argument("--images-per-call", type=int, default=8, help="faces per compiled call")
-  li.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-  li.add_argument("--seed", type=int, default=0)
-  li.add_argument("--out", required=True, help="write lime_classes.png, lime.npz, lime.json")
+  li.add_argument("--n-segments", type=int, default=lc.n_segments,
+                  help="SLIC target superpixel count")
+  li.add_argument("--compactness", type=float, default=lc.compactness, help="SLIC compactness")
+  li.add_argument("--images-per-call", type=int, default=lc.images_per_call,
+                  help="faces per compiled call")
+  li.add_argument("--batch-size", type=int, default=lc.batch_size,
+                  help="images per forward pass")
+  li.add_argument("--seed", type=int, default=lc.seed)
+  _add_common(li, out_help="write lime_classes.png, lime.npz, lime.json here")
   li.set_defaults(func=cmd_lime)
+
+  fc = FiltersConfig()
   fi = sub.add_parser("filters", help="the input that maximises each filter of a layer, and "
                       "the filters' outputs on a face")
-  fi.add_argument("--checkpoint", help="classifier directory (default: the shipped one)")
   fi.add_argument("--layer", help="layer name (default: a middle conv layer, conv3_2 for "
                   "jaxplain's CNN)")
-  fi.add_argument("--filters", default="0:64", help="slice (0:64, ::4) or list (1,5,9)")
+  fi.add_argument("--filters", default=fc.filters, help="slice (0:64, ::4) or list (1,5,9)")
   fi.add_argument("--image", help="face image file for the filter outputs (default: a bundled "
                   "sample face)")
-  fi.add_argument("--out", required=True, help="output directory")
-  fi.add_argument("--steps", type=int, default=256)
-  fi.add_argument("--fourier", action=argparse.BooleanOptionalAction, default=True,
+  fi.add_argument("--steps", type=int, default=fc.steps)
+  fi.add_argument("--fourier", action=argparse.BooleanOptionalAction, default=fc.fourier,
                   help="decorrelated Fourier parameterisation (Lucid/Lucent fft_image)")
-  fi.add_argument("--pixel-range", choices=("sigmoid", "clip"), default="sigmoid")
-  fi.add_argument("--jitter", type=int, default=1, help="random shift in pixels per step")
-  fi.add_argument("--tv", type=float, default=0.0, help="total-variation weight")
-  fi.add_argument("--l2", type=float, default=0.0, help="L2 decay weight")
-  fi.add_argument("--blur-every", type=int, default=0, help="blur every N steps (0: never)")
-  fi.add_argument("--blur-sigma", type=float, default=0.5)
-  fi.add_argument("--chunk", type=int, default=16, help="filters per compiled call")
-  fi.add_argument("--seed", type=int, default=0)
+  fi.add_argument("--pixel-range", choices=("sigmoid", "clip"), default=fc.pixel_range)
+  fi.add_argument("--jitter", type=int, default=fc.jitter, help="random shift in pixels per step")
+  fi.add_argument("--tv", type=float, default=fc.tv, help="total-variation weight")
+  fi.add_argument("--l2", type=float, default=fc.l2, help="L2 decay weight")
+  fi.add_argument("--blur-every", type=int, default=fc.blur_every,
+                  help="blur every N steps (0: never)")
+  fi.add_argument("--blur-sigma", type=float, default=fc.blur_sigma)
+  fi.add_argument("--filters-per-batch", "--chunk", type=int, default=fc.filters_per_batch,
+                  dest="filters_per_batch", help="filters per compiled call")
+  fi.add_argument("--seed", type=int, default=fc.seed)
+  _add_common(fi)
   fi.set_defaults(func=cmd_filters)
+
   c = sub.add_parser("convert", help="convert a PyTorch CNN into a jaxplain checkpoint")
   c.add_argument("--model", required=True,
                  help="pkg.module:ClassName or path/to/file.py:ClassName (loaded by path)")
   c.add_argument("--model-args", help='constructor arguments as JSON: {"in_c": 1} or [1, 32]')
-  c.add_argument("--weights", help="torch.save file with the state dict")
+  c.add_argument("--weights", help="state dict file: torch.save (.pt/.pth) or .safetensors")
   c.add_argument("--key", help="entry of the checkpoint dict holding the state dict")
   c.add_argument("--trusted", action="store_true",
                  help="allow pickled Python objects in --weights (runs their code)")
-  c.add_argument("--input-shape", type=_ints, default=(1, 48, 48), help="C,H,W")
-  c.add_argument("--mean", default="0.0", help="normalisation mean (scalar or per channel a,b,c)")
-  c.add_argument("--std", default="1.0", help="normalisation std (scalar or per channel)")
-  c.add_argument("--output-activation", choices=("keep", "strip"), default="keep",
+  c.add_argument("--input-shape", type=_ints, default=ConvertConfig.input_shape, help="C,H,W")
+  c.add_argument("--mean", type=_floats, default=ConvertConfig.mean,
+                 help="normalisation mean (scalar or per channel a,b,c)")
+  c.add_argument("--std", type=_floats, default=ConvertConfig.std,
+                 help="normalisation std (scalar or per channel)")
+  c.add_argument("--output-activation", choices=("keep", "strip"),
+                 default=ConvertConfig.output_activation,
                  help="strip a final Sigmoid/Softmax/LogSoftmax so explanations see logits")
-  c.add_argument("--out", required=True, help="checkpoint directory to write")
-  c.add_argument("--overwrite", action="store_true")
+  _add_common(c, checkpoint=False, out_help="checkpoint directory to write")
   c.set_defaults(func=cmd_convert)
-  x = sub.add_parser("explain", help="gradient attributions (saliency, IG, SmoothGrad, guided "
-                     "backprop, Grad-CAM, occlusion) per face, as figures and .npz")
-  x.add_argument("--checkpoint", help="classifier directory (default: the shipped one)")
-  x.add_argument("--method", required=True, choices=("saliency", "ig", "smoothgrad", "guided",
-                                                     "gradcam", "occlusion"))
+
+  x = sub.add_parser("explain", help="attributions of any registered method per face, as "
+                     "figures and .npz")
+  x.add_argument("--method", required=True,
+                 choices=registry.names() + tuple(a for n in registry.names()
+                                                  for a in registry.get(n).aliases),
+                 metavar="METHOD", help=f"one of: {', '.join(registry.names())}")
   x.add_argument("--images", nargs="+", help="your photos instead of --data (unlabelled: the "
                  "predicted class is explained)")
   _add_data_args(x, split_default="PublicTest")
-  x.add_argument("--per-class", type=int, default=1, help="faces per class (0: all)")
-  x.add_argument("--target", choices=("true", "pred"), default="true",
-                 help="explain the true class (when known) or the predicted one")
-  x.add_argument("--steps", type=int, default=50, help="ig: path points")
-  x.add_argument("--rule", default="gausslegendre", help="ig: quadrature rule (Captum's names)")
-  x.add_argument("--baseline", default="black", help="ig: black, blur or uniform")
-  x.add_argument("--batch-size", type=int, default=None, help="ig: path points at once")
-  x.add_argument("--samples", type=int, default=25, help="smoothgrad: noisy copies")
-  x.add_argument("--stdev", type=float, default=0.15, help="smoothgrad: noise sd (input units)")
-  x.add_argument("--layer", help="gradcam: layer (default: the last spatial one)")
-  x.add_argument("--window", type=int, default=8, help="occlusion: window size")
-  x.add_argument("--stride", type=int, default=4, help="occlusion: stride")
-  x.add_argument("--chunk", type=int, default=32, help="faces per call")
-  x.add_argument("--seed", type=int, default=0)
-  x.add_argument("--out", required=True, help="write <method>.npz and <method>_NNN.png here")
+  x.add_argument("--per-class", type=int, default=ExplainConfig.per_class,
+                 help="faces per class (0: all)")
+  _add_target(x)
+  x.add_argument("--option", type=_option, action="append", metavar="NAME=VALUE",
+                 help="any option of the method (repeatable), e.g. --option samples=50")
+  x.add_argument("--steps", type=int, help="integrated_gradients: path points")
+  x.add_argument("--rule", help="integrated_gradients: quadrature rule (Captum's names)")
+  x.add_argument("--tol", type=float, help="integrated_gradients: refine each face until its "
+                 "completeness gap is below this fraction of |f(x) - f(baseline)|")
+  x.add_argument("--baseline", help="path methods: black, blur or uniform")
+  x.add_argument("--batch-size", type=int, help="path points / samples at once")
+  x.add_argument("--samples", type=int, help="smoothgrad: noisy copies")
+  x.add_argument("--stdev", type=float, help="smoothgrad: noise sd (input units)")
+  x.add_argument("--layer", help="layer methods: layer (default: the last spatial one)")
+  x.add_argument("--window", type=int, help="occlusion: window size")
+  x.add_argument("--stride", type=int, help="occlusion: stride")
+  x.add_argument("--images-per-batch", "--chunk", type=int, dest="images_per_batch",
+                 default=ExplainConfig.images_per_batch, help="faces per call")
+  x.add_argument("--seed", type=int, default=ExplainConfig.seed)
+  _add_common(x, out_help="write <method>.npz and <method>_NNN.png here")
   x.set_defaults(func=cmd_explain)
 
+  rc = report.ReportConfig()
   r = sub.add_parser("report", help="all four answers as figures and one HTML page")
   r.add_argument("--checkpoint", help="classifier directory, own or converted (default: shipped)")
   r.add_argument("--images", nargs="+", help="your photos (any size/colour; centre-cropped to "
                  "48x48 gray); default: the bundled FER2013 sample faces")
   _add_data_args(r, split_default="PublicTest")
-  r.add_argument("--out", default="jaxplain-report")
+  r.add_argument("--out", default="jaxplain-report", help="report directory")
+  r.add_argument("--overwrite", action="store_true",
+                 help="replace --out if it holds an earlier jaxplain report (never other folders)")
+  r.add_argument("--methods", nargs="+", metavar="METHOD",
+                 help=f"the attribution grid's methods (default: {' '.join(rc.methods)})")
   r.add_argument("--layer", help="layer for the filter figures (default: a middle conv layer)")
-  r.add_argument("--gradcam-layer", help="layer for Grad-CAM (default: the last spatial layer)")
-  r.add_argument("--filters", type=int, default=16, help="how many filters to visualise")
-  r.add_argument("--ig-steps", type=int, default=50)
-  r.add_argument("--lime-samples", type=int, default=1000)
-  r.add_argument("--per-class", type=int, default=50,
+  r.add_argument("--gradcam-layer", help="layer for the layer methods (default: the last "
+                 "spatial layer)")
+  r.add_argument("--filters", type=int, default=rc.filters, help="how many filters to visualise")
+  r.add_argument("--ig-tol", type=float, default=rc.ig_tol,
+                 help="integrated gradients: completeness tolerance of the adaptive integral")
+  r.add_argument("--lime-samples", type=int, default=rc.lime_samples)
+  r.add_argument("--per-class", type=int, default=rc.per_class,
                  help="faces per class for the measured maps (with --data)")
-  r.add_argument("--seed", type=int, default=0)
+  r.add_argument("--seed", type=int, default=rc.seed)
   r.set_defaults(func=cmd_report)
   return p
 
 
+def _configure_logging(args) -> None:
+  level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+  if not log.handlers:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+  log.setLevel(level)
+  log.propagate = False
+
+
 def main(argv=None) -> int:
+  """Runs the command; a problem is one line on stderr (exit 2; 1 for an OS error; 130 for
+  Ctrl-C), never a traceback."""
   args = parser().parse_args(argv)
+  _configure_logging(args)
   try:
     return args.func(args)
   except ValueError as e:
-    _log(f"jaxplain {args.command}: error: {e}")
+    log.error(f"jaxplain {args.command}: error: {e}")
     return 2
+  except OSError as e:
+    where = f" {e.filename}" if getattr(e, "filename", None) else ""
+    log.error(f"jaxplain {args.command}: error:{where} {e.strerror or e}")
+    return 1
+  except KeyboardInterrupt:
+    log.error(f"jaxplain {args.command}: interrupted; nothing was left half-written")
+    return 130
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -33,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.models import Classifier, check_images, map_chunks
+from jaxplain import batching
+from jaxplain.models import Classifier, check_images
 
 __all__ = [
     "LimeResult",
@@ -151,7 +153,8 @@ def classifier_fn(classifier: Classifier, *, batch_size: int = 256) -> Callable[
     n = len(x)
     if n == 0:
       return np.zeros((0, classifier.num_classes), np.float32)
-    return map_chunks(_probabilities, forward, x, _chunk_size(n, batch_size))
+    return batching.map_chunks(functools.partial(_probabilities, forward), (x,),
+                               size=_chunk_size(n, batch_size))
 
   return predict_proba
 
@@ -196,12 +199,25 @@ def explain(classifier: Classifier, image, *, label, num_samples: int = 1000,
   if bad:
     raise ValueError(f"`label` must be in 0..{classifier.num_classes - 1}, got {bad}")
   explainer = LimeImageExplainer(kernel_width=0.25, random_state=seed)
-  return explainer.explain_instance(
+  with _quiet_lime():
+    return explainer.explain_instance(
       image[..., 0] if image.shape[-1] == 1 else image,
-      classifier_fn(classifier, batch_size=batch_size), labels=labels, top_labels=None,
-      hide_color=hide_color, num_features=100000, num_samples=num_samples,
-      batch_size=max(num_samples, 1), segmentation_fn=segmentation or segment_face,
-      random_seed=seed)
+        classifier_fn(classifier, batch_size=batch_size), labels=labels, top_labels=None,
+        hide_color=hide_color, num_features=100000, num_samples=num_samples,
+        batch_size=max(num_samples, 1), segmentation_fn=segmentation or segment_face,
+        random_seed=seed)
+
+
+@contextlib.contextmanager
+def _quiet_lime():
+  """Silences lime's own tqdm bar (lime 0.2.0.1 has no switch for it) while jaxplain's shows."""
+  from lime import lime_image
+  bar = lime_image.tqdm
+  lime_image.tqdm = lambda iterable, *args, **kwargs: iterable
+  try:
+    yield
+  finally:
+    lime_image.tqdm = bar
 
 
 # ------------------------------------------------------------------------- native LIME
@@ -488,26 +504,18 @@ def lime_many(forward, images, target, segments, *, key, num_samples: int = 1000
     raise ValueError(f"`target` must be an int or have shape ({n},), got {target.shape}")
   if segments.shape[:1] != (n,):
     raise ValueError(f"`segments` must have shape (N, H, W) with N = {n}, got {segments.shape}")
-  if images_per_call < 1:
-    raise ValueError(f"`images_per_call` must be >= 1, got {images_per_call}")
+  batching.check_batch_size(images_per_call, name="images_per_call", allow_none=False)
+  if n == 0:
+    raise ValueError("`images` is an empty batch (N = 0): pass at least one image")
   if max_segments is None:
-    max_segments = int(segments.max()) + 1 if segments.size else 1
-  parts = []
-  size = min(images_per_call, max(n, 1))
-  for g, start in enumerate(range(0, n, size)):
-    index = np.arange(start, min(start + size, n))
-    count = len(index)
-    index = np.concatenate([index, np.full(size - count, index[0])])
-    result = lime_batch(forward, images[index], target[index], segments[index],
-                        key=jax.random.fold_in(key, g), num_samples=num_samples,
-                        max_segments=max_segments, **options)
-    parts.append(jax.tree_util.tree_map(lambda a, c=count: np.asarray(a)[:c], result))
-    if progress is not None:
-      progress(count)
-  if not parts:
-    return lime_batch(forward, images, target, segments, key=key, num_samples=num_samples,
+    max_segments = int(segments.max()) + 1
+
+  def call(key, x, t, s):
+    return lime_batch(forward, x, t, s, key=key, num_samples=num_samples,
                       max_segments=max_segments, **options)
-  return LimeResult(*(np.concatenate(field) for field in zip(*parts)))
+
+  return batching.map_chunks(call, (images, target, segments), size=images_per_call,
+                             progress=progress, key=key)
 
 
 def weights_to_image(result: LimeResult, segments) -> np.ndarray:

@@ -1,9 +1,16 @@
 """``jaxplain report``: the assignment's four answers as figures and one HTML page.
 
-1. saliency per class, with SmoothGrad, integrated gradients, Grad-CAM and guided backprop;
-2. the filter patterns of a layer (gradient ascent) and the filters' outputs on a face;
-3. LIME per class, read with per-class accuracy and the confusion matrix;
-4. integrated gradients per class with each face's completeness gap.
+One function per question, each returning its section (title, figures with captions, a table):
+
+1. :func:`section_attributions`: each class's face under the registered attribution methods
+   chosen by ``ReportConfig.methods`` (saliency, SmoothGrad, integrated gradients, Grad-CAM,
+   guided backprop by default);
+2. :func:`section_filters`: the filter patterns of a layer (gradient ascent) and the filters'
+   outputs on a face;
+3. :func:`section_lime`: native batched LIME per class, read with per-class accuracy and the
+   confusion matrix, and the ``lime`` package's explanation of one face beside jaxplain's;
+4. :func:`section_integrated_gradients`: integrated gradients refined per face until its
+   completeness gap is below ``ig_tol``, with each face's gap and gradient evaluations.
 
 With data (``--data``) it also measures, over many faces, the mean absolute attribution map per
 class and method and the share of attribution in the eye, nose and mouth bands of the aligned
@@ -13,23 +20,26 @@ class and method and the share of attribution in the eye, nose and mouth bands o
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
+import logging
 import os
 import pathlib
-import sys
 import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxplain import attribution, checkpoint, feature_vis, train, viz
+from jaxplain import attribution, batching, checkpoint, evaluation, feature_vis, viz
 from jaxplain import data as data_lib, lime as lime_lib
+from jaxplain.attribution import registry
 from jaxplain.models import Classifier
 
-__all__ = ["BANDS", "ReportConfig", "band_shares", "class_mean_maps", "pick_faces", "report"]
+__all__ = ["BANDS", "ReportConfig", "band_shares", "check", "class_mean_maps", "pick_faces",
+           "report", "section_attributions", "section_filters", "section_integrated_gradients",
+           "section_lime"]
+
+log = logging.getLogger("jaxplain")
 
 # Horizontal bands of the aligned 48×48 FER2013 face (rows, end exclusive), read off the mean
 # PublicTest face: brows and eyes at rows 12-22 (pupils ~17), nose 23-32, mouth 33-43.
@@ -38,43 +48,38 @@ BANDS = {"eyes": (12, 23), "nose": (23, 33), "mouth": (33, 44)}
 
 @dataclasses.dataclass(frozen=True)
 class ReportConfig:
-  """Settings of a report (all shown on the page)."""
+  """Settings of a report (those that apply are shown on the page)."""
 
-  ig_steps: int = 50
-  ig_method: str = "gausslegendre"
-  smoothgrad_samples: int = 25
-  smoothgrad_stdev: float = 0.15  # in input units (images are in [0, 1])
-  gradcam_layer: str | None = None  # default: the last spatial layer
+  methods: tuple[str, ...] = ("saliency", "smoothgrad", "integrated_gradients", "grad_cam",
+                              "guided_backprop")
+  ig_tol: float = 0.01  # completeness gap of question 4's adaptive integral, relative
+  gradcam_layer: str | None = None  # default: registry.default_layer
   filter_layer: str | None = None  # default: feature_vis.default_layer
   filters: int = 16
   filter_steps: int = 256
   lime_samples: int = 1000
   lime_per_class: int = 2  # faces per class explained with LIME
   per_class: int = 50  # faces per class for the measured maps (with data)
-  measure_ig_steps: int = 16
+  measure_ig_steps: int = 16  # fixed-step IG for the measured maps over many faces
   seed: int = 0
 
 
-def _log(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
+def check(cfg: ReportConfig, out, *, overwrite: bool = False) -> None:
+  """Raises ``ValueError`` for bad settings or an output folder it must not write, before work."""
+  for name in cfg.methods:
+    registry.get(name)
+  for name in ("filters", "filter_steps", "lime_samples", "lime_per_class", "ig_tol"):
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not value > 0:
+      raise ValueError(f"{name.replace('_', '-')} must be positive, got {value}")
+  if cfg.per_class < 0:
+    raise ValueError(f"per-class must be >= 0, got {cfg.per_class}")
+  checkpoint.check_output_dir(pathlib.Path(out), overwrite=overwrite, kind="report")
 
 
 def last_spatial_layer(clf: Classifier) -> str:
-  """The last layer with ``(N, h, w, c)`` maps of at least 1/8 of the input's side.
-
-  Grad-CAM's usual choice is the last convolutional block: coarse enough to be semantic, fine
-  enough to localise (6×6 on a 48×48 face).
-  """
-  x = jax.ShapeDtypeStruct((1,) + tuple(clf.input_shape), jnp.float32)
-  side = max(2, min(clf.input_shape[:2]) // 8)
-  best = None
-  for name in clf.layer_names:
-    shape = jax.eval_shape(clf.tapped(name), x, None)[1].shape
-    if len(shape) == 4 and min(shape[1:3]) >= side:
-      best = name
-  if best is None:
-    raise ValueError(f"the classifier has no spatial layer for Grad-CAM: {clf.layer_names}")
-  return best
+  """The default layer of the layer methods (:func:`registry.default_layer`)."""
+  return registry.default_layer(clf)
 
 
 def pick_faces(faces: data_lib.Faces, clf: Classifier):
@@ -101,29 +106,25 @@ def pick_faces(faces: data_lib.Faces, clf: Classifier):
   return faces.images[index], faces.labels[index], names
 
 
-def _lime_faces(faces, clf, per_class):
-  if (faces.labels < 0).any():
-    return np.arange(len(faces))
-  return np.concatenate([np.flatnonzero(faces.labels == c)[:per_class]
-                         for c in range(clf.num_classes)])
+def _labels(clf: Classifier, cfg: ReportConfig) -> dict[str, str]:
+  """Each method's column title (layer methods name their layer)."""
+  layer = cfg.gradcam_layer or registry.default_layer(clf)
+  return {n: f"{registry.get(n).label} ({layer})" if registry.get(n).layer
+          else registry.get(n).label for n in cfg.methods}
 
 
 def attribution_methods(clf: Classifier, cfg: ReportConfig, *, ig_steps: int | None = None
                         ) -> dict[str, Callable]:
-  """The report's methods as ``f(key, x, target) -> (N, H, W, C)`` (jit-compiled)."""
-  layer = cfg.gradcam_layer or last_spatial_layer(clf)
-  steps = ig_steps or cfg.ig_steps
-  forward = clf.forward
-  return {
-      "saliency": jax.jit(lambda k, x, t: attribution.saliency(forward, x, t)),
-      "smoothgrad": jax.jit(lambda k, x, t: attribution.smoothgrad(
-          forward, x, t, key=k, samples=cfg.smoothgrad_samples, stdev=cfg.smoothgrad_stdev)),
-      "integrated gradients": jax.jit(lambda k, x, t: attribution.integrated_gradients(
-          forward, x, t, steps=steps, method=cfg.ig_method)),
-      f"Grad-CAM ({layer})": jax.jit(lambda k, x, t: attribution.grad_cam(
-          clf, x, t, layer=layer)),
-      "guided backprop": jax.jit(lambda k, x, t: attribution.guided_backprop(forward, x, t)),
-  }
+  """The report's methods as jit-compiled ``f(key, x, target) -> (N, H, W, C)``, by name."""
+  layer = cfg.gradcam_layer or registry.default_layer(clf)
+  out = {}
+  for name in cfg.methods:
+    options = {"layer": layer} if registry.get(name).layer else {}
+    if ig_steps and "steps" in registry.get(name).options:
+      options["steps"] = ig_steps
+    out[name] = jax.jit(lambda k, x, t, name=name, options=options: attribution.attribute(
+        clf, x, t, method=name, key=k, **options))
+  return out
 
 
 def class_mean_maps(method: Callable, key, images_u8, labels, *, num_classes: int = 7,
@@ -142,20 +143,12 @@ def class_mean_maps(method: Callable, key, images_u8, labels, *, num_classes: in
     ``(K, H, W)`` mean absolute attribution (summed over channels) per class, NaN for a class
     without faces, and the count per class.
   """
-  sums, counts = None, np.bincount(labels, minlength=num_classes)
-  for b, start in enumerate(range(0, len(labels), batch_size)):
-    x = data_lib.to_float(images_u8[start:start + batch_size])
-    t = labels[start:start + batch_size].astype(np.int32)
-    pad = batch_size - len(t)
-    if pad:
-      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-      t = np.concatenate([t, np.zeros(pad, np.int32)])
-    a = np.abs(np.asarray(method(jax.random.fold_in(key, b), x, t))).sum(-1)[:batch_size - pad]
-    onehot = np.eye(num_classes)[t[:batch_size - pad]]
-    part = np.einsum("nk,nhw->khw", onehot, a)
-    sums = part if sums is None else sums + part
-    if progress:
-      progress(len(t) - pad)
+  labels = np.asarray(labels).astype(np.int32)
+  maps = batching.map_chunks(
+      lambda k, x, t: np.abs(np.asarray(method(k, data_lib.to_float(x), t))).sum(-1),
+      (images_u8, labels), size=batch_size, progress=progress, key=key)
+  counts = np.bincount(labels, minlength=num_classes)
+  sums = np.einsum("nk,nhw->khw", np.eye(num_classes)[labels], maps)
   with np.errstate(invalid="ignore", divide="ignore"):
     return sums / counts[:, None, None], counts
 
@@ -182,29 +175,56 @@ def band_shares(maps, bands: dict[str, tuple[int, int]] = BANDS) -> dict[str, np
 
 def report(clf: Classifier, faces: data_lib.Faces, out: str | os.PathLike, *,
            config: ReportConfig = ReportConfig(), measure: data_lib.Faces | None = None,
-           checkpoint_name: str = "", log: Callable[[str], None] = _log) -> pathlib.Path:
+           checkpoint_name: str = "", overwrite: bool = False,
+           log: Callable[[str], None] = log.info) -> pathlib.Path:
   """Writes every figure and ``index.html`` into ``out``; returns the page's path.
 
   Args:
     clf: the classifier to explain.
     faces: the faces to show (one per class is picked; unlabelled faces are all shown).
-    out: output directory (written to a temporary sibling, then renamed into place).
+    out: output directory (written to a temporary sibling, then moved into place; an existing
+      folder is replaced only if it holds an earlier jaxplain report and ``overwrite``).
     config: settings.
     measure: labelled faces (a data split) for accuracy, the confusion matrix and the measured
       per-class maps; ``None``: accuracy on ``faces`` when labelled, no measured maps.
     checkpoint_name: shown on the page.
+    overwrite: replace an earlier report in ``out``.
     log: progress lines.
   """
+  check(config, out, overwrite=overwrite)
   t_start = time.time()
   out = pathlib.Path(out).absolute()
-  with checkpoint.atomic_directory(out) as tmp:
-    sections = _build(clf, faces, tmp, config, measure, log)
+  key = jax.random.key(config.seed)
+  shown = pick_faces(faces, clf)
+  with checkpoint.atomic_directory(out, overwrite=overwrite, kind="report") as tmp:
+    sections = [
+        section_attributions(clf, shown, tmp, config, jax.random.fold_in(key, 1), log),
+        section_filters(clf, shown, tmp, config, jax.random.fold_in(key, 2), log),
+        section_lime(clf, faces, measure, tmp, config, jax.random.fold_in(key, 3), log),
+        section_integrated_gradients(clf, shown, tmp, config, log)]
+    if measure is not None:
+      sections.append(_measured(clf, measure, tmp, config, jax.random.fold_in(key, 4), log))
     viz.write_report_html(tmp / "index.html", sections, title="jaxplain report",
                           model=_model_summary(clf, checkpoint_name),
-                          settings=dataclasses.asdict(config)
+                          settings=_settings(clf, config, measure)
                           | {"total seconds": round(time.time() - t_start, 1)})
   log(f"report written to {out / 'index.html'} in {time.time() - t_start:.0f}s")
   return out / "index.html"
+
+
+def _settings(clf, cfg: ReportConfig, measure) -> dict:
+  """The settings that applied, with defaults resolved (the layers actually used)."""
+  settings = {
+      "methods (question 1)": ", ".join(cfg.methods),
+      "layer of the layer methods": cfg.gradcam_layer or registry.default_layer(clf),
+      "filter layer (question 2)": cfg.filter_layer or feature_vis.default_layer(clf),
+      "filters": cfg.filters, "gradient-ascent steps": cfg.filter_steps,
+      "LIME samples (question 3)": cfg.lime_samples,
+      "LIME faces per class": cfg.lime_per_class,
+      "IG completeness tolerance (question 4)": cfg.ig_tol, "seed": cfg.seed}
+  if measure is not None:
+    settings["measured faces per class"] = cfg.per_class
+  return settings
 
 
 def _model_summary(clf: Classifier, name: str) -> dict:
@@ -221,118 +241,132 @@ def _stage(log, name):
   log(f"[{time.strftime('%H:%M:%S')}] {name}")
 
 
-def _build(clf, faces, out, cfg, measure, log):
-  key = jax.random.key(cfg.seed)
-  sections = []
-  images, targets, row_names = pick_faces(faces, clf)
-  x = data_lib.to_float(images)
-  t = np.asarray(targets, np.int32)
-
-  # 1 + 4: attributions of the picked faces.
-  _stage(log, f"attributions: {len(t)} faces x 5 methods")
-  methods = attribution_methods(clf, cfg)
+def section_attributions(clf, shown, out, cfg, key, log) -> dict:
+  """Question 1: one face per class under each of ``cfg.methods``."""
+  images, targets, row_names = shown
+  x, t = data_lib.to_float(images), np.asarray(targets, np.int32)
+  labels = _labels(clf, cfg)
+  _stage(log, f"1. attributions: {len(t)} faces x {len(cfg.methods)} methods")
   maps = {}
-  for i, (name, fn) in enumerate(methods.items()):
+  for i, (name, fn) in enumerate(attribution_methods(clf, cfg).items()):
     t0 = time.time()
-    maps[name] = np.asarray(fn(jax.random.fold_in(key, i), x, t))
-    log(f"  {name}: {time.time() - t0:.1f}s")
+    maps[labels[name]] = np.asarray(fn(jax.random.fold_in(key, i), x, t))
+    log(f"  {labels[name]}: {time.time() - t0:.1f}s")
   viz.save(viz.attribution_grid(images, maps, row_names), out / "attributions.png")
-  sections.append({
-      "title": "1. Which pixels does each class score depend on?",
-      "figures": [("attributions.png",
-                   "One face per class (rows) and the attribution of its class score by saliency "
-                   "(|∂score/∂pixel|), SmoothGrad, integrated gradients, Grad-CAM and guided "
-                   "backprop. Brighter: more attribution (absolute values, 99th-percentile "
-                   "clipped).")]})
+  return {"title": "1. Which pixels does each class score depend on?",
+          "figures": [("attributions.png",
+                       "One face per class (rows) and the attribution of its class score by "
+                       + ", ".join(maps) + ". Brighter: more attribution (absolute values, "
+                       "99th-percentile clipped).")]}
 
-  ig = maps["integrated gradients"]
-  gaps = np.asarray(attribution.completeness_gap(clf.forward, x, t, ig))
-  diff = np.asarray(attribution.completeness_gap(clf.forward, x, t, np.zeros_like(ig)))
-  viz.save(viz.integrated_gradients_figure(images, ig, row_names, gaps, -diff),
-           out / "integrated_gradients.png")
-  sections.append({
-      "title": "4. Integrated gradients per class",
-      "figures": [("integrated_gradients.png",
-                   f"Integrated gradients (black baseline, {cfg.ig_steps} steps, "
-                   f"{cfg.ig_method}), signed: red raises the class score, blue lowers it. "
-                   "Completeness: the attributions should sum to f(x) − f(black); the gap "
-                   "below each face is sum(attr) − (f(x) − f(baseline)).")],
-      "table": {"columns": ["face", "f(x) − f(baseline)", "sum(attr)", "gap"],
-                "rows": [[n, f"{-d:.4f}", f"{-d + g:.4f}", f"{g:+.2e}"]
-                         for n, d, g in zip(row_names, diff, gaps)]}})
 
-  # 2: filters.
+def section_filters(clf, shown, out, cfg, key, log) -> dict:
+  """Question 2: the inputs that maximise a layer's filters, and the filters' outputs."""
+  images, _, row_names = shown
   layer = cfg.filter_layer or feature_vis.default_layer(clf)
   count = feature_vis.filter_count(clf, layer)
   chosen = list(range(min(cfg.filters, count)))
-  _stage(log, f"filters: gradient ascent on {len(chosen)} filters of {layer}")
+  _stage(log, f"2. filters: gradient ascent on {len(chosen)} filters of {layer}")
   t0 = time.time()
-  vis = feature_vis.maximize_activation(clf, layer, chosen, key=jax.random.fold_in(key, 100),
-                                        steps=cfg.filter_steps)
+  vis = feature_vis.maximize_activation(clf, layer, chosen, key=key, steps=cfg.filter_steps)
   log(f"  {time.time() - t0:.1f}s")
-  acts = np.asarray(feature_vis.activations(clf, x[:1], layer))[0]
+  acts = np.asarray(feature_vis.activations(clf, data_lib.to_float(images[:1]), layer))[0]
   viz.save(viz.filter_grid_figure(np.asarray(vis.images), chosen, layer=layer),
            out / "filters.png")
-  viz.save(viz.feature_maps_figure(images[0], acts[..., chosen], chosen, layer=layer),
-           out / "filter_outputs.png")
+  figures = [("filters.png", f"Input that maximises the mean activation of each of filters "
+              f"{chosen[0]}–{chosen[-1]} of {layer}, found by {cfg.filter_steps} steps of "
+              "gradient ascent (all filters at once, vmapped), pixels kept in [0, 1].")]
+  if acts.ndim == 3:
+    viz.save(viz.feature_maps_figure(images[0], acts[..., chosen], chosen, layer=layer),
+             out / "filter_outputs.png")
+    figures.append(("filter_outputs.png", f"The same filters' outputs (activation maps) on "
+                    f"the face '{row_names[0]}'."))
   trace = np.asarray(vis.trace)
-  sections.append({
-      "title": f"2. What do the filters of {layer} respond to?",
-      "figures": [
-          ("filters.png", f"Input that maximises the mean activation of each of filters "
-           f"{chosen[0]}–{chosen[-1]} of {layer}, found by {cfg.filter_steps} steps of gradient "
-           "ascent (all filters at once, vmapped) with jitter, blur, total-variation and L2 "
-           "regularisation, pixels kept in [0, 1]."),
-          ("filter_outputs.png", f"The same filters' outputs (activation maps) on the face "
-           f"'{row_names[0]}'.")],
-      "table": {"columns": ["filter", "activation at start", "activation at end"],
-                "rows": [[str(f), f"{trace[0, i]:.3f}", f"{trace[-1, i]:.3f}"]
-                         for i, f in enumerate(chosen)]}})
+  return {"title": f"2. What do the filters of {layer} respond to?", "figures": figures,
+          "table": {"columns": ["filter", "activation at start", "activation at end"],
+                    "rows": [[str(f), f"{trace[0, i]:.3f}", f"{trace[-1, i]:.3f}"]
+                             for i, f in enumerate(chosen)]}}
 
-  # 3: LIME (the lime package), with accuracy and the confusion matrix.
-  lime_idx = _lime_faces(faces, clf, cfg.lime_per_class)
-  lime_x = data_lib.to_float(faces.images[lime_idx])
-  lime_labels = faces.labels[lime_idx]
-  lime_targets = np.where(lime_labels >= 0, lime_labels,
-                          clf.predict(lime_x).argmax(-1)).astype(np.int32)
-  _stage(log, f"LIME (lime package, {cfg.lime_samples} samples): {len(lime_idx)} faces")
-  segments, weights, probs = [], [], []
+
+def _lime_faces(faces, clf, per_class):
+  if (faces.labels < 0).any():
+    return np.arange(len(faces))
+  return np.concatenate([np.flatnonzero(faces.labels == c)[:per_class]
+                         for c in range(clf.num_classes)])
+
+
+def section_lime(clf, faces, measure, out, cfg, key, log) -> dict:
+  """Question 3: native batched LIME per class with accuracy and the confusion matrix, and the
+  ``lime`` package's explanation of the first face beside jaxplain's."""
+  index = _lime_faces(faces, clf, cfg.lime_per_class)
+  x = data_lib.to_float(faces.images[index])
+  labels = faces.labels[index]
+  probs = np.asarray(jax.nn.softmax(clf.predict(x), -1))
+  targets = np.where(labels >= 0, labels, probs.argmax(-1)).astype(np.int32)
+  _stage(log, f"3. LIME (native, batched, {cfg.lime_samples} samples): {len(index)} faces")
   t0 = time.time()
-  for i in range(len(lime_idx)):
-    e = lime_lib.explain(clf, lime_x[i], label=int(lime_targets[i]),
-                         num_samples=cfg.lime_samples, seed=cfg.seed)
-    w = np.zeros(int(e.segments.max()) + 1)
-    for seg, value in e.local_exp[int(lime_targets[i])]:
-      w[seg] = value
-    segments.append(e.segments)
-    weights.append(w)
-    log(f"  face {i + 1}/{len(lime_idx)} ({time.time() - t0:.0f}s)")
-  width = max(len(w) for w in weights)
-  weights = np.stack([np.pad(w, (0, width - len(w))) for w in weights])
-  probs = jax.nn.softmax(clf.predict(lime_x), -1)[np.arange(len(lime_idx)), lime_targets]
+  segments = lime_lib.segment_faces(x)
+  result = lime_lib.lime_many(clf, x, targets, segments, key=key, num_samples=cfg.lime_samples)
+  log(f"  {time.time() - t0:.1f}s; the lime package on one face for comparison")
+  package = lime_lib.explain(clf, x[0], label=int(targets[0]), num_samples=cfg.lime_samples,
+                             seed=cfg.seed)
+  package_weights = np.zeros(result.weights.shape[1])
+  for seg, value in package.local_exp[int(targets[0])]:
+    package_weights[seg] = value
   labelled = measure if measure is not None else (faces if (faces.labels >= 0).all() else None)
-  ev = None if labelled is None else train.evaluate(clf, labelled.images, labelled.labels)
+  ev = None if labelled is None else evaluation.evaluate(clf, labelled.images, labelled.labels)
+  chosen = probs[np.arange(len(index)), targets]
   viz.save(viz.lime_class_figure(
-      lime_x, np.stack(segments), weights, lime_targets, clf.class_names, labels=lime_labels,
-      probabilities=probs, per_class=None if ev is None else ev.per_class,
+      x, segments, result.weights, targets, clf.class_names, labels=labels,
+      probabilities=chosen, per_class=None if ev is None else ev.per_class,
       confusion=None if ev is None else ev.confusion), out / "lime.png")
-  figs = [("lime.png", "LIME from the lime package (SLIC superpixels, "
-           f"{cfg.lime_samples} perturbations each), one row per class: the 5 superpixels that "
-           "raise (green) and lower (red) the class probability most. Right: per-class accuracy "
-           f"and the confusion matrix on {'no labelled faces' if ev is None else ev.count} "
-           f"faces ({'' if labelled is None else labelled.source}).")]
+  viz.save(viz.lime_comparison_figure(x[0], package.segments, package_weights, segments[0],
+                                      result.weights[0], clf.class_names[targets[0]]),
+           out / "lime_package.png")
+  source = "no labelled faces" if ev is None else f"{ev.count} faces ({labelled.source})"
+  figures = [
+      ("lime.png", f"LIME (native, batched in JAX; SLIC superpixels, {cfg.lime_samples} "
+       "perturbations each), one row per class: the 5 superpixels that raise (green) and lower "
+       "(red) the probability of the explained class most; the number over each face is the "
+       "model's probability of that class. Right: per-class accuracy and the confusion matrix "
+       f"on {source}."),
+      ("lime_package.png", "The same face explained by the lime package (its own samples) "
+       "and by jaxplain's native LIME: the same superpixels should stand out.")]
   if ev is not None:
     viz.save(viz.confusion_figure(ev.confusion, clf.class_names,
                                   title=f"accuracy {ev.accuracy:.3f} on {ev.count} faces"),
              out / "confusion_matrix.png")
-    figs.append(("confusion_matrix.png", "Confusion matrix (rows: true class, row-normalised; "
-                 "counts in brackets)."))
-  sections.append({"title": "3. LIME per class, with accuracy", "figures": figs})
+    figures.append(("confusion_matrix.png", "Confusion matrix (rows: true class, "
+                    "row-normalised; counts in brackets)."))
+  return {"title": "3. LIME per class, with accuracy", "figures": figures}
 
-  # Measured answers over many faces.
-  if measure is not None:
-    sections.append(_measured(clf, measure, out, cfg, key, log))
-  return sections
+
+def section_integrated_gradients(clf, shown, out, cfg, log) -> dict:
+  """Question 4: integrated gradients refined until each face's completeness gap is below
+  ``cfg.ig_tol`` of ``|f(x) − f(black)|``; each face's gap and gradient evaluations."""
+  images, targets, row_names = shown
+  x, t = data_lib.to_float(images), np.asarray(targets, np.int32)
+  _stage(log, f"4. integrated gradients to a {cfg.ig_tol:g} completeness gap: {len(t)} faces")
+  t0 = time.time()
+  ig, steps = attribution.integrated_gradients_adaptive(clf.forward, x, t, tol=cfg.ig_tol)
+  ig, steps = np.asarray(ig), np.asarray(steps)
+  gaps = np.asarray(attribution.completeness_gap(clf.forward, x, t, ig))
+  diff = -np.asarray(attribution.completeness_gap(clf.forward, x, t, np.zeros_like(ig)))
+  log(f"  {time.time() - t0:.1f}s")
+  viz.save(viz.integrated_gradients_figure(images, ig, row_names, gaps, diff),
+           out / "integrated_gradients.png")
+  return {
+      "title": "4. Integrated gradients per class",
+      "figures": [("integrated_gradients.png",
+                   "Integrated gradients from a black baseline, signed: red raises the class "
+                   "score, blue lowers it. Completeness: the attributions should sum to "
+                   "f(x) − f(black); the path integral is refined where its local error is "
+                   f"largest until the gap is below {cfg.ig_tol:g} of |f(x) − f(black)|.")],
+      "table": {"columns": ["face", "f(x) − f(baseline)", "sum(attr)", "gap", "relative gap",
+                            "gradient evaluations"],
+                "rows": [[n, f"{d:.4f}", f"{d + g:.4f}", f"{g:+.2e}",
+                          f"{abs(g) / max(abs(d), 1e-12):.2%}", str(int(s))]
+                         for n, d, g, s in zip(row_names, diff, gaps, steps)]}}
 
 
 def _measured(clf, measure, out, cfg, key, log):
@@ -343,7 +377,9 @@ def _measured(clf, measure, out, cfg, key, log):
   images, labels = measure.images[index], measure.labels[index]
   methods = attribution_methods(clf, cfg, ig_steps=cfg.measure_ig_steps)
   class_maps = {}
+  labels_of = _labels(clf, cfg)
   for i, (name, fn) in enumerate(methods.items()):
+    name = labels_of[name]
     _stage(log, f"measured maps: {name} over {len(labels)} faces")
     done = [0]
 
@@ -369,7 +405,7 @@ def _measured(clf, measure, out, cfg, key, log):
          "classes": list(clf.class_names), "counts": counts.tolist()}, indent=1))
   bands = ", ".join(f"{b} rows {r0}–{r1 - 1}" for b, (r0, r1) in BANDS.items())
   return {
-      "title": f"Measured over {len(labels)} faces of {html.escape(measure.source)}",
+      "title": f"Measured over {len(labels)} faces of {measure.source}",
       "figures": [
           ("class_mean_maps.png", "Mean |attribution| per class (columns) and method (rows) "
            f"over up to {cfg.per_class} faces per class, each face attributed for its true "

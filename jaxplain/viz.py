@@ -31,12 +31,15 @@ def save(fig, path: str | os.PathLike, *, dpi: int = 110) -> pathlib.Path:
   return path
 
 
-def confusion_figure(confusion, class_names, *, title: str = "", normalize: bool = True):
+def confusion_figure(confusion, class_names, *, title: str = "", normalize: bool = True,
+                     ax=None):
   """The confusion matrix (rows: true class), row-normalised, with counts in the cells."""
   confusion = np.asarray(confusion)
   with np.errstate(invalid="ignore", divide="ignore"):
     shown = confusion / confusion.sum(1, keepdims=True) if normalize else confusion
-  fig, ax = plt.subplots(figsize=(6.2, 5.4))
+  fig = None
+  if ax is None:
+    fig, ax = plt.subplots(figsize=(6.2, 5.4))
   im = ax.imshow(np.nan_to_num(shown), cmap="Blues", vmin=0, vmax=1 if normalize else None)
   k = len(class_names)
   ax.set_xticks(range(k), class_names, rotation=45, ha="right")
@@ -50,9 +53,9 @@ def confusion_figure(confusion, class_names, *, title: str = "", normalize: bool
               ha="center", va="center", fontsize=7,
               color="white" if np.nan_to_num(v) > (0.5 if normalize else shown.max() / 2)
               else "black")
-  fig.colorbar(im, ax=ax, fraction=0.046)
+  ax.figure.colorbar(im, ax=ax, fraction=0.046)
   ax.set_title(title or "confusion matrix (row-normalised)")
-  return fig
+  return fig if fig is not None else ax.figure
 
 
 def per_class_accuracy_figure(per_class, class_names, *, ax=None, title: str = ""):
@@ -63,7 +66,8 @@ def per_class_accuracy_figure(per_class, class_names, *, ax=None, title: str = "
   values = np.nan_to_num(np.asarray(per_class, float))
   bars = ax.bar(range(len(class_names)), values, color="tab:blue")
   ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
-  ax.set_ylim(0, 1)
+  ax.set_ylim(0, 1.18)  # room for the value over a full bar, below the title
+  ax.set_yticks([0, 0.25, 0.5, 0.75, 1])
   ax.set_ylabel("accuracy")
   for b, v in zip(bars, values):
     ax.text(b.get_x() + b.get_width() / 2, v + 0.02, f"{v:.2f}", ha="center", fontsize=8)
@@ -71,7 +75,7 @@ def per_class_accuracy_figure(per_class, class_names, *, ax=None, title: str = "
   return fig if fig is not None else ax.figure
 
 
-# --- attribution figures (issue 4) ---
+# --- attribution figures ---
 
 ATTR_SIGNS = ("all", "positive", "negative", "absolute_value")
 
@@ -111,23 +115,31 @@ def _attr_cmap(sign: str):
   return {"positive": "Greens", "negative": "Reds", "absolute_value": "Blues"}[sign], 0, 1
 
 
-def attribution_figure(image, attr, *, method: str = "blended_heat_map",
+def attribution_figure(image, attr, *, style: str = "blended_heat_map",
                        sign: str = "absolute_value", outlier_perc: float = 2.0,
-                       alpha: float = 0.5, ax=None, title: str = "", colorbar: bool = False):
+                       alpha: float = 0.5, ax=None, title: str = "", colorbar: bool = False,
+                       method: str | None = None):
   """One attribution map drawn like Captum's ``visualize_image_attr``.
 
   Args:
     image: the face ``(H, W)`` or ``(H, W, C)`` in [0, 1] (or uint8).
     attr: its attribution ``(H, W)`` or ``(H, W, C)``.
-    method: ``"heat_map"``, ``"blended_heat_map"`` (the map over the gray face),
-      ``"original_image"`` or ``"masked_image"`` (the face times the normalised |map|).
+    style: ``"heat_map"``, ``"blended_heat_map"`` (the map over the gray face),
+      ``"original_image"`` or ``"masked_image"`` (the face times the normalised |map|)
+      (Captum's ``method``).
     sign, outlier_perc: see :func:`normalize_attribution`.
     alpha: opacity of the heat map in ``"blended_heat_map"``.
     ax: draw into this axis (else a new figure).
+    method: deprecated name of ``style``.
   """
-  methods = ("heat_map", "blended_heat_map", "original_image", "masked_image")
-  if method not in methods:
-    raise ValueError(f"`method` must be one of {methods}, got {method!r}")
+  if method is not None:
+    import warnings
+    warnings.warn("attribution_figure(method=...) is deprecated; use style=...",
+                  DeprecationWarning, stacklevel=2)
+    style = method
+  styles = ("heat_map", "blended_heat_map", "original_image", "masked_image")
+  if style not in styles:
+    raise ValueError(f"`style` must be one of {styles}, got {style!r}")
   image = np.asarray(image, np.float64)
   if image.max() > 1.0:
     image = image / 255.0
@@ -136,18 +148,18 @@ def attribution_figure(image, attr, *, method: str = "blended_heat_map",
   if ax is None:
     fig, ax = plt.subplots(figsize=(3, 3))
   ax.set_axis_off()
-  if method == "original_image":
+  if style == "original_image":
     ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
   else:
     norm = normalize_attribution(attr, sign=sign, outlier_perc=outlier_perc)
     cmap, vmin, vmax = _attr_cmap(sign)
-    if method == "masked_image":
+    if style == "masked_image":
       ax.imshow(gray * np.abs(norm), cmap="gray", vmin=0, vmax=1)
     else:
-      if method == "blended_heat_map":
+      if style == "blended_heat_map":
         ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
       im = ax.imshow(norm, cmap=cmap, vmin=vmin, vmax=vmax,
-                     alpha=alpha if method == "blended_heat_map" else None)
+                     alpha=alpha if style == "blended_heat_map" else None)
       if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046)
   if title:
@@ -181,8 +193,8 @@ def class_attribution_figure(images, attrs, class_names, *, labels=None, predict
       title = class_names[int(labels[i])] if int(labels[i]) >= 0 else "?"
     if predictions is not None:
       title += f"\n(pred {class_names[int(predictions[i])]})"
-    attribution_figure(images[i], None, method="original_image", ax=axes[0, i], title=title)
-    attribution_figure(images[i], attrs[i], method="blended_heat_map" if blended else "heat_map",
+    attribution_figure(images[i], None, style="original_image", ax=axes[0, i], title=title)
+    attribution_figure(images[i], attrs[i], style="blended_heat_map" if blended else "heat_map",
                        sign=sign, outlier_perc=outlier_perc, ax=axes[1, i])
   fig.suptitle(f"{method_name} ({sign.replace('_', ' ')}, top {outlier_perc:g}% clipped)",
                fontsize=10)
@@ -191,7 +203,7 @@ def class_attribution_figure(images, attrs, class_names, *, labels=None, predict
 
 
 
-# --- filter figures (issue 5) ---
+# --- filter figures ---
 
 
 def _grid_axes(n: int, cols: int, size: float, extra: int = 0):
@@ -260,7 +272,7 @@ def feature_maps_figure(face, maps, filters, *, layer: str = "", cols: int = 8,
   return fig
 
 
-# --- LIME figures (issue 6) ---
+# --- LIME figures ---
 
 
 def lime_overlay(image, segments, weights, *, num_features: int = 5, tint: float = 0.3):
@@ -299,14 +311,6 @@ def lime_overlay(image, segments, weights, *, num_features: int = 5, tint: float
   return np.clip(out, 0, 1)
 
 
-def _figure_pixels(fig) -> np.ndarray:
-  """Renders ``fig`` to an RGBA array (to place a finished figure beside others) and closes it."""
-  fig.canvas.draw()
-  pixels = np.asarray(fig.canvas.buffer_rgba()).copy()
-  plt.close(fig)
-  return pixels
-
-
 def lime_class_figure(images, segments, weights, targets, class_names, *, labels=None,
                       probabilities=None, per_class=None, confusion=None,
                       num_features: int = 5, title: str = ""):
@@ -336,36 +340,52 @@ def lime_class_figure(images, segments, weights, targets, class_names, *, labels
   classes = [k for k in range(len(class_names)) if (rows_of == k).any()]
   cols = max([int((rows_of == k).sum()) for k in classes] + [1])
   side = per_class is not None or confusion is not None
-  fig = plt.figure(figsize=(1.55 * cols + (6.5 if side else 0), 1.7 * max(len(classes), 1) + 0.6))
-  grid = fig.add_gridspec(max(len(classes), 1), cols + (1 if side else 0),
-                          width_ratios=[1] * cols + ([4.2] if side else []))
+  rows = max(len(classes), 1)
+  height = max(1.75 * rows + 0.7, 9.0 if side else 0)
+  fig = plt.figure(figsize=(1.75 * cols + 1.0 + (6.2 if side else 0), height),
+                   layout="constrained")
+  outer = fig.add_gridspec(1, 2 if side else 1, width_ratios=[1.75 * cols + 1.0, 6.2][:1 + side])
+  faces = outer[0].subgridspec(rows, cols)
   for r, k in enumerate(classes):
     for c, i in enumerate(np.flatnonzero(rows_of == k)):
-      ax = fig.add_subplot(grid[r, c])
+      ax = fig.add_subplot(faces[r, c])
       ax.imshow(lime_overlay(images[i], segments[i], weights[i], num_features=num_features),
                 interpolation="nearest")
       ax.set_xticks([])
       ax.set_yticks([])
-      text = f"LIME: {class_names[targets[i]]}"
+      text = f"for {class_names[targets[i]]}"
       if probabilities is not None:
-        text += f" {float(np.asarray(probabilities)[i]):.2f}"
+        text += f"\np = {float(np.asarray(probabilities)[i]):.2f}"
       ax.set_title(text, fontsize=7)
       if c == 0:
         ax.set_ylabel(class_names[k] if labels[i] >= 0 else f"pred {class_names[k]}", fontsize=9)
   if side:
-    inner = grid[:, cols].subgridspec(2, 1, height_ratios=[1, 1.6])
+    inner = outer[1].subgridspec(2, 1, height_ratios=[1, 1.7])
     if per_class is not None:
       per_class_accuracy_figure(per_class, class_names, ax=fig.add_subplot(inner[0]))
     if confusion is not None:
-      ax = fig.add_subplot(inner[1])
-      ax.imshow(_figure_pixels(confusion_figure(confusion, class_names)))
-      ax.axis("off")
-  fig.suptitle(title or f"LIME: green supports, red opposes the explained class "
-               f"(top {num_features} superpixels each)", fontsize=10)
+      confusion_figure(confusion, class_names, ax=fig.add_subplot(inner[1]))
+  fig.suptitle(title or f"LIME: green supports, red opposes the explained class (top "
+               f"{num_features} superpixels each); p: the model's probability of that class",
+               fontsize=10)
   return fig
 
 
-# --- report (issue 7) ---
+def lime_comparison_figure(image, package_segments, package_weights, segments, weights,
+                           class_name: str, *, num_features: int = 5):
+  """One face explained by the ``lime`` package and by jaxplain's native LIME, side by side."""
+  fig, axes = plt.subplots(1, 2, figsize=(5.0, 2.9), layout="constrained")
+  for ax, segs, w, name in ((axes[0], package_segments, package_weights, "lime package"),
+                            (axes[1], segments, weights, "jaxplain native LIME")):
+    ax.imshow(lime_overlay(image, segs, w, num_features=num_features), interpolation="nearest")
+    ax.set_title(name, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.suptitle(f"LIME for {class_name}", fontsize=9)
+  return fig
+
+
+# --- report ---
 
 
 def _abs_map(attr, clip: float = 99.0):
@@ -412,17 +432,17 @@ def attribution_grid(images, maps: dict, row_names, *, cmap: str = "inferno"):
 def integrated_gradients_figure(images, attributions, row_names, gaps, differences):
   """Each face, its signed integrated-gradients map, and its overlay; completeness in the title."""
   n = len(images)
-  fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.8 * n), squeeze=False)
+  fig, axes = plt.subplots(n, 3, figsize=(5.4, 2.0 * n), squeeze=False)
   for r in range(n):
     signed = _signed_map(attributions[r])
     axes[r, 0].imshow(images[r], cmap="gray", vmin=0, vmax=255)
     axes[r, 0].set_ylabel(row_names[r], fontsize=8)
     axes[r, 1].imshow(signed, cmap="bwr", vmin=-1, vmax=1)
-    axes[r, 1].set_title(f"Δf {differences[r]:.3f}, gap {gaps[r]:+.1e}", fontsize=7)
+    axes[r, 1].set_xlabel(f"Δf {differences[r]:.3f}, gap {gaps[r]:+.1e}", fontsize=7)
     axes[r, 2].imshow(images[r], cmap="gray", vmin=0, vmax=255)
     axes[r, 2].imshow(np.abs(signed), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
   for ax, title in zip(axes[0], ("face", "IG (signed)", "|IG| overlay")):
-    ax.set_title(title if ax is not axes[0, 1] else ax.get_title(), fontsize=8)
+    ax.set_title(title, fontsize=8)
   for ax in axes.ravel():
     ax.set_xticks([])
     ax.set_yticks([])

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Installs jaxplain with its test extras into ./.venv and runs the test suite.
-# Usage: bash scripts/test.sh [pytest args...]   (default: the whole suite, slow tests included)
+# Usage: bash scripts/test.sh [--full] [pytest args...]
+#   default: the whole suite, slow tests included (what CI runs, about 12 minutes on 2 cores)
+#   --full:  also the long sweeps (every torchvision model, every layer's filters, high-step
+#            reference integrals): JAXPLAIN_FULL=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--full" ]; then
+  export JAXPLAIN_FULL=1
+  shift
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

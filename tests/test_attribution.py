@@ -197,7 +197,7 @@ def test_smoothgrad_noise_free_limit_and_key(x, key):
   assert not np.allclose(a, c)
   # E[3 w (x + ε)²] = 3 w (x² + σ²): many samples approach it
   many = A.smoothgrad(cubic_forward, x, TARGET, key=key, samples=4000, stdev=0.1,
-                      method=functools.partial(A.saliency, abs=False), batch_size=500)
+                      attribution_method=functools.partial(A.saliency, abs=False), batch_size=500)
   want = 3 * cubic_w(np.float32)[TARGET] * (np.asarray(x) ** 2 + 0.01)
   np.testing.assert_allclose(many, want, rtol=0.1, atol=0.03)
 
@@ -352,19 +352,6 @@ def test_ig_memory_256_faces_256_steps(tmp_path):
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["finite"]
   assert result["rss_mb"] < 2048, result
-
-
-def test_cli_explain_and_figures(tiny_classifier, tmp_path):
-  from jaxplain import cli, save_classifier
-  ckpt = save_classifier(tiny_classifier, tmp_path / "ckpt")
-  for method in ("saliency", "gradcam"):
-    out = tmp_path / method
-    assert cli.main(["explain", "--checkpoint", str(ckpt), "--method", method, "--per-class", "1",
-                     "--out", str(out)]) == 0
-    saved = np.load(out / f"{method}.npz")
-    assert saved["attributions"].shape[0] == 7 and (out / f"{method}_000.png").stat().st_size
-  assert cli.main(["explain", "--checkpoint", str(ckpt), "--method", "gradcam", "--layer",
-                   "nope", "--out", str(tmp_path / "x")]) == 2
 
 
 def test_normalize_attribution_equals_captum():

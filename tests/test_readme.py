@@ -1,9 +1,12 @@
-"""The README's library examples run as written (on the shipped checkpoint)."""
+"""The README's library examples run as written (on the shipped checkpoint), with every result
+used: JAX arrays are blocked on, so a snippet that only fails when its result is computed (out of
+memory, say) fails here too."""
 
 import pathlib
 import re
 
-import pytest
+import jax
+import numpy as np
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -18,6 +21,13 @@ def test_readme_python_examples_run():
   namespace = {}
   for block in blocks:
     exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    for name, value in list(namespace.items()):  # use every result the block made
+      if isinstance(value, (jax.Array, tuple, list)) or hasattr(value, "_fields"):
+        leaves = [v for v in jax.tree.leaves(value) if isinstance(v, jax.Array)]
+        jax.block_until_ready(leaves)
+        for leaf in leaves:
+          if np.issubdtype(leaf.dtype, np.floating):
+            assert np.isfinite(np.asarray(leaf)).all(), f"{name} has non-finite values"
   assert namespace["logits"].shape == (35, 7)
   assert namespace["ig"].shape == namespace["x"].shape
   assert abs(namespace["gap"]).max() < 0.05 * float(abs(namespace["logits"]).max())

@@ -68,6 +68,8 @@ def check_call(forward, inputs, target, *, shape=None):
   """Validates a ``method(forward, inputs, target)`` call; returns (forward, inputs, target)."""
   forward = as_forward(forward)
   check_images(inputs, name="inputs", shape=shape)
+  if inputs.shape[0] == 0:
+    raise ValueError("`inputs` is an empty batch (N = 0): pass at least one image")
   inputs = jnp.asarray(inputs)
   k = num_classes(forward, inputs)
   return forward, inputs, check_target(target, inputs.shape[0], k)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxplain import batching
 from jaxplain.attribution._common import check_call, select
 from jaxplain.attribution.registry import register
 
@@ -56,7 +57,7 @@ def _occlusion(forward, inputs, target, baseline, *, window, stride, batch_size)
     m = mask[None, :, :, None]
     return base - select(forward(jnp.where(m, baseline, inputs)), target)
 
-  drops = jax.lax.map(drop, jnp.asarray(masks), batch_size=batch_size or len(masks))  # (P, N)
+  drops = batching.chunked_map(drop, jnp.asarray(masks), batch_size=batch_size)  # (P, N)
   m = jnp.asarray(masks, inputs.dtype)
   total = jnp.einsum("pn,phw->nhw", drops, m)
   count = jnp.sum(m, axis=0)
@@ -102,7 +103,5 @@ def occlusion(forward, inputs, target, *, window, stride, baseline=0.0,
   if baseline.ndim not in (0, inputs.ndim):
     raise ValueError(f"`baseline` must be a number or have rank {inputs.ndim}, got shape "
                      f"{tuple(baseline.shape)}")
-  if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-    raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
   return _occlusion(forward, inputs, target, jnp.asarray(baseline, inputs.dtype),
-                    window=window, stride=stride, batch_size=batch_size)
+                    window=window, stride=stride, batch_size=batching.check_batch_size(batch_size))
