@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.models import Classifier, check_images, map_chunks
+from jaxplain.models import Classifier, check_images, input_range, map_chunks
 
 __all__ = [
     "LimeResult",
@@ -329,9 +329,10 @@ def sample_masks(key, num_images: int, num_samples: int, num_segments: int):
 def _forward_and_shape(forward, images):
   """The forward function and its number of classes, checking ``images`` against it."""
   if isinstance(forward, Classifier):
-    check_images(images, name="images", shape=forward.input_shape)
+    check_images(images, name="images", shape=forward.input_shape,
+                 value_range=forward.input_range)
     return forward.forward, forward.num_classes
-  check_images(images, name="images")
+  check_images(images, name="images", value_range=input_range(forward))
   try:
     out = jax.eval_shape(forward, jax.ShapeDtypeStruct((1,) + tuple(images.shape[1:]),
                                                         images.dtype))

@@ -182,7 +182,8 @@ def band_shares(maps, bands: dict[str, tuple[int, int]] = BANDS) -> dict[str, np
 
 def report(clf: Classifier, faces: data_lib.Faces, out: str | os.PathLike, *,
            config: ReportConfig = ReportConfig(), measure: data_lib.Faces | None = None,
-           checkpoint_name: str = "", log: Callable[[str], None] = _log) -> pathlib.Path:
+           checkpoint_name: str = "", log: Callable[[str], None] = _log,
+           overwrite: bool = False) -> pathlib.Path:
   """Writes every figure and ``index.html`` into ``out``; returns the page's path.
 
   Args:
@@ -194,10 +195,12 @@ def report(clf: Classifier, faces: data_lib.Faces, out: str | os.PathLike, *,
       per-class maps; ``None``: accuracy on ``faces`` when labelled, no measured maps.
     checkpoint_name: shown on the page.
     log: progress lines.
+    overwrite: replace a jaxplain report already in ``out`` (a folder jaxplain did not write is
+      never replaced: :func:`jaxplain.checkpoint.check_output_dir`).
   """
   t_start = time.time()
   out = pathlib.Path(out).absolute()
-  with checkpoint.atomic_directory(out) as tmp:
+  with checkpoint.atomic_directory(out, overwrite=overwrite, kind="report") as tmp:
     sections = _build(clf, faces, tmp, config, measure, log)
     viz.write_report_html(tmp / "index.html", sections, title="jaxplain report",
                           model=_model_summary(clf, checkpoint_name),
