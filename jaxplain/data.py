@@ -123,8 +123,11 @@ def parse_pixels(rows: Sequence[str]) -> tuple[np.ndarray, list[tuple[int, str]]
       if values.size != NUM_PIXELS:
         bad.append((i, f"{values.size} pixel values, expected {NUM_PIXELS} (48x48)"))
       elif values.size and not 0 <= values.min() <= values.max() <= 255:
-        wrong = values[(values < 0) | (values > 255)][0]
-        bad.append((i, f"pixel value {wrong} outside 0-255"))
+        # The text, not the parsed value: NumPy saturates 99999999999999999999 to int64's max.
+        at = int(np.flatnonzero((values < 0) | (values > 255))[0])
+        tokens = row.split()
+        wrong = tokens[at] if len(tokens) == values.size else str(values[at])
+        bad.append((i, f"pixel value {wrong[:30]} outside 0-255"))
       else:
         images[i] = values
   return images.reshape(-1, SIZE, SIZE), bad
@@ -212,6 +215,10 @@ def load_csv(path: str | os.PathLike, *, usage: str | Sequence[str] | None = Non
     held = np.random.default_rng(seed).permutation(len(body))[:n_val]
     usages = usages.astype("<U10")
     usages[held] = "PublicTest"
+    warnings.warn(f"{path}: no Usage column, so all {len(body)} rows are 'Training'"
+                  + (f" but {n_val} held out as 'PublicTest' (val_fraction={val_fraction})"
+                     if n_val else "; pass val_fraction to hold some out as 'PublicTest'"),
+                  stacklevel=2)
   if problems and not skip_bad:
     k = min(problems)
     more = f" (and {len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
@@ -224,8 +231,17 @@ def load_csv(path: str | os.PathLike, *, usage: str | Sequence[str] | None = Non
 
 
 def _to_gray48(image, *, crop: bool = True) -> np.ndarray:
-  """Any PIL image → uint8 (48, 48) gray: centred square crop, then resize."""
+  """Any PIL image → uint8 (48, 48) gray: centred square crop, then resize.
+
+  16-bit gray (PIL modes ``I;16*``, or ``I`` holding values above 255) is scaled to 8 bit
+  (``round(v / 257)``); PIL's own ``convert("L")`` clips it to 255, so faces came out white.
+  """
   from PIL import Image
+  if image.mode.startswith("I;16") or image.mode == "I":
+    wide = np.asarray(image).astype(np.int64)
+    if image.mode.startswith("I;16") or (wide.size and wide.max() > 255):
+      wide = np.rint(wide.clip(0, 65535) / 257.0)
+    image = Image.fromarray(wide.clip(0, 255).astype(np.uint8), "L")
   image = image.convert("L")
   if crop:
     w, h = image.size

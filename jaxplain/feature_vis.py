@@ -70,7 +70,7 @@ def activations(classifier: Classifier, inputs, layer: str) -> jax.Array:
     ValueError: unknown ``layer`` (the message lists the valid names), or bad ``inputs``.
   """
   classifier.check_layer(layer)
-  check_images(inputs, shape=classifier.input_shape)
+  check_images(inputs, shape=classifier.input_shape, value_range=classifier.input_range)
   return classifier.tapped(layer)(inputs, None)[1]
 
 
@@ -419,7 +419,8 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
   if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
     raise ValueError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
   if init is not None:
-    check_images(init, name="init", shape=classifier.input_shape)
+    check_images(init, name="init", shape=classifier.input_shape,
+                 value_range=classifier.input_range)
     if init.shape[0] != filters_np.size:
       raise ValueError(f"`init` has {init.shape[0]} images, `filters` {filters_np.size}")
     init = jnp.asarray(init, jnp.float32)

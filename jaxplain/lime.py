@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain import batching
-from jaxplain.models import Classifier, check_images
+from jaxplain.models import Classifier, check_images, input_range
 
 __all__ = [
     "LimeResult",
@@ -345,9 +345,10 @@ def sample_masks(key, num_images: int, num_samples: int, num_segments: int):
 def _forward_and_shape(forward, images):
   """The forward function and its number of classes, checking ``images`` against it."""
   if isinstance(forward, Classifier):
-    check_images(images, name="images", shape=forward.input_shape)
+    check_images(images, name="images", shape=forward.input_shape,
+                 value_range=forward.input_range)
     return forward.forward, forward.num_classes
-  check_images(images, name="images")
+  check_images(images, name="images", value_range=input_range(forward))
   try:
     out = jax.eval_shape(forward, jax.ShapeDtypeStruct((1,) + tuple(images.shape[1:]),
                                                         images.dtype))

@@ -17,16 +17,19 @@ PyTorch graphs of :mod:`jaxplain.convert` follow it.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from jaxplain.data import CLASS_NAMES
 
-__all__ = ["CNN", "Classifier", "guided_relu", "classifier", "check_images"]
+__all__ = ["CNN", "Classifier", "guided_relu", "classifier", "check_images", "input_range",
+           "declare_input_range"]
 
 
 @jax.custom_vjp
@@ -128,11 +131,26 @@ class CNN(nn.Module):
             for f in dataclasses.fields(self) if f.name not in ("parent", "name")}
 
 
-def check_images(inputs, *, name: str = "inputs", shape: Sequence[int] | None = None):
+_WARNED_FLOAT64 = False
+_RANGE_TOLERANCE = 1e-3  # relative to the range's width: rounding, never a 0-255 image
+
+
+def check_images(inputs, *, name: str = "inputs", shape: Sequence[int] | None = None,
+                 value_range: tuple[float, float] | None = (0.0, 1.0)):
   """Raises ``ValueError`` unless ``inputs`` is a float array ``(N, H, W, C)`` (of ``shape``).
 
-  Works on tracers (shape and dtype only); NaN is checked only on concrete arrays.
+  Shape, rank and dtype are checked on tracers too (NCHW input is named as such); on concrete
+  arrays also NaN, Inf and values outside ``value_range`` (beyond rounding). float64 input
+  without ``jax_enable_x64`` warns once that JAX computes it in float32.
+
+  Args:
+    inputs: the images.
+    name: the argument's name in messages.
+    shape: ``(H, W, C)`` the classifier takes (``None``: any).
+    value_range: ``(low, high)`` the classifier takes (``None``: no range check); see
+      :func:`input_range`.
   """
+  global _WARNED_FLOAT64
   if not hasattr(inputs, "shape") or not hasattr(inputs, "dtype"):
     raise ValueError(f"`{name}` must be an array (N, H, W, C), got {type(inputs).__name__}")
   if inputs.ndim != 4:
@@ -141,11 +159,101 @@ def check_images(inputs, *, name: str = "inputs", shape: Sequence[int] | None = 
   if not jnp.issubdtype(inputs.dtype, jnp.floating):
     raise ValueError(f"`{name}` must be float images in [0, 1], got dtype {inputs.dtype}; "
                      "convert uint8 faces with jaxplain.data.to_float")
-  if shape is not None and tuple(inputs.shape[1:]) != tuple(shape):
-    raise ValueError(f"`{name}` images have shape {tuple(inputs.shape[1:])}, the classifier "
+  got = tuple(inputs.shape[1:])
+  nchw = (got == (shape[2], shape[0], shape[1]) if shape is not None and len(shape) == 3
+          else got[0] in (1, 3) and min(got[1:]) >= 8)
+  if nchw and (shape is None or got != tuple(shape)):
+    raise ValueError(f"`{name}` of shape {tuple(inputs.shape)} looks like NCHW (N, C, H, W): "
+                     "jaxplain takes NHWC; transpose to NHWC with x.transpose(0, 2, 3, 1)")
+  if shape is not None and got != tuple(shape):
+    raise ValueError(f"`{name}` images have shape {got}, the classifier "
                      f"takes {tuple(shape)} (H, W, C)")
-  if not isinstance(inputs, jax.core.Tracer) and bool(jnp.isnan(inputs).any()):
+  if inputs.dtype == jnp.float64 and not jax.config.jax_enable_x64 and not _WARNED_FLOAT64:
+    _WARNED_FLOAT64 = True
+    warnings.warn(f"`{name}` is float64 but jax_enable_x64 is off, so JAX computes in float32; "
+                  "pass float32, or jax.config.update('jax_enable_x64', True) to keep float64",
+                  stacklevel=3)
+  if isinstance(inputs, jax.core.Tracer) or not inputs.size:
+    return
+  if isinstance(inputs, np.ndarray):
+    finite = np.isfinite(inputs)
+    has_nan, all_finite = bool(np.isnan(inputs).any()), bool(finite.all())
+    low = float(inputs.min()) if all_finite else 0.0
+    high = float(inputs.max()) if all_finite else 0.0
+  else:
+    has_nan, all_finite, low, high = (v.item() for v in _image_stats(inputs))
+  if has_nan:
     raise ValueError(f"`{name}` contains NaN")
+  if not all_finite:
+    raise ValueError(f"`{name}` contains Inf; images must be finite floats")
+  if value_range is not None:
+    lo, hi = value_range
+    tol = _RANGE_TOLERANCE * (hi - lo)
+    if low < lo - tol or high > hi + tol:
+      hint = ("convert uint8 0-255 faces with jaxplain.data.to_float (or x / 255)"
+              if (lo, hi) == (0.0, 1.0) and high > 1.5 else
+              "rescale them (jaxplain.data.to_float makes uint8 faces [0, 1])")
+      raise ValueError(f"`{name}` values lie in [{low:.4g}, {high:.4g}], outside the classifier's "
+                       f"input range [{lo:g}, {hi:g}]; {hint}, or declare another range "
+                       "(Classifier.input_range, models.declare_input_range)")
+
+
+@jax.jit
+def _image_stats(x):
+  finite = jnp.isfinite(x)
+  return (jnp.isnan(x).any(), finite.all(), jnp.where(finite, x, jnp.inf).min(),
+          jnp.where(finite, x, -jnp.inf).max())
+
+
+def input_range(forward) -> tuple[float, float] | None:
+  """The value range ``forward`` takes: ``(low, high)``, or ``None`` for any.
+
+  A :class:`Classifier`'s ``input_range``, a range given to :func:`declare_input_range`, or
+  jaxplain's convention ``(0, 1)``.
+  """
+  if isinstance(forward, Classifier):
+    return forward.input_range
+  fn = forward.func if isinstance(forward, jax.tree_util.Partial) else forward
+  return fn.input_range if isinstance(fn, _Ranged) else (0.0, 1.0)
+
+
+def declare_input_range(forward, low: float | None, high: float | None = None):
+  """``forward`` declaring that it takes inputs in ``[low, high]`` (``None``: any values).
+
+  Every method checks its inputs against the declared range instead of [0, 1]::
+
+      forward = declare_input_range(my_forward, -1.0, 1.0)   # images normalised to [-1, 1]
+      saliency(forward, x, target)
+
+  Args:
+    forward: a :class:`Classifier`, a ``jax.tree_util.Partial`` or any callable.
+    low, high: the range; ``low=None`` switches the range check off.
+
+  Returns:
+    A ``Classifier`` with ``input_range`` set, or a ``Partial`` (same arguments) that does.
+  """
+  value_range = None if low is None else (float(low), float(high))
+  if value_range is not None and not value_range[0] < value_range[1]:
+    raise ValueError(f"`low` must be < `high`, got {low}, {high}")
+  if isinstance(forward, Classifier):
+    return dataclasses.replace(forward, input_range=value_range)
+  if isinstance(forward, jax.tree_util.Partial):
+    fn = forward.func.fn if isinstance(forward.func, _Ranged) else forward.func
+    return jax.tree_util.Partial(_Ranged(fn, value_range), *forward.args, **forward.keywords)
+  if not callable(forward):
+    raise ValueError(f"`forward` must be callable, got {type(forward).__name__}")
+  return jax.tree_util.Partial(_Ranged(forward, value_range))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ranged:
+  """``fn`` with a declared input range; hashable by value so jit caches hit."""
+
+  fn: Callable
+  input_range: tuple[float, float] | None
+
+  def __call__(self, *args, **kwargs):
+    return self.fn(*args, **kwargs)
 
 
 @jax.tree_util.register_dataclass
@@ -162,6 +270,8 @@ class Classifier:
     class_names: the K class names.
     input_shape: ``(H, W, C)`` the classifier takes.
     layer_names: the layers ``tap`` accepts, input to output.
+    input_range: ``(low, high)`` of the input values (jaxplain: ``(0, 1)``); inputs outside it
+      are refused. ``None``: no range check.
     metadata: anything else (architecture config, accuracy, source); JSON-serialisable.
   """
 
@@ -171,23 +281,31 @@ class Classifier:
                                                    metadata=dict(static=True))
   input_shape: tuple[int, ...] = dataclasses.field(default=(48, 48, 1), metadata=dict(static=True))
   layer_names: tuple[str, ...] = dataclasses.field(default=(), metadata=dict(static=True))
+  input_range: tuple[float, float] | None = dataclasses.field(default=(0.0, 1.0),
+                                                              metadata=dict(static=True))
   metadata: Any = dataclasses.field(default=None, metadata=dict(static=True), compare=False,
                                     hash=False)
 
   @property
   def forward(self) -> jax.tree_util.Partial:
     """Pure ``(N, H, W, C) → (N, K)`` logits in eval mode, a pytree holding the weights."""
-    return jax.tree_util.Partial(self.apply_fn, self.variables)
+    return self._declared(self.apply_fn)
 
   @property
   def guided_forward(self) -> jax.tree_util.Partial:
     """``forward`` with guided-backprop ReLUs (same outputs, guided gradients)."""
-    return jax.tree_util.Partial(_Bound(self.apply_fn, guided=True), self.variables)
+    return self._declared(_Bound(self.apply_fn, guided=True))
 
   def tapped(self, layer: str) -> jax.tree_util.Partial:
     """Pure ``(x, delta) → (logits, activation)`` at ``layer``; ``delta`` may be ``None``."""
     self.check_layer(layer)
-    return jax.tree_util.Partial(_Tapped(self.apply_fn, layer), self.variables)
+    return self._declared(_Tapped(self.apply_fn, layer))
+
+  def _declared(self, fn) -> jax.tree_util.Partial:
+    """``Partial(fn, variables)``, carrying ``input_range`` when it is not jaxplain's (0, 1)."""
+    if self.input_range is not None and tuple(self.input_range) == (0.0, 1.0):
+      return jax.tree_util.Partial(fn, self.variables)
+    return jax.tree_util.Partial(_Ranged(fn, self.input_range), self.variables)
 
   def check_layer(self, layer: str) -> None:
     if layer not in self.layer_names:

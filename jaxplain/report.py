@@ -188,7 +188,8 @@ def report(clf: Classifier, faces: data_lib.Faces, out: str | os.PathLike, *,
     measure: labelled faces (a data split) for accuracy, the confusion matrix and the measured
       per-class maps; ``None``: accuracy on ``faces`` when labelled, no measured maps.
     checkpoint_name: shown on the page.
-    overwrite: replace an earlier report in ``out``.
+    overwrite: replace a jaxplain report already in ``out`` (a folder jaxplain did not write is
+      never replaced: :func:`jaxplain.checkpoint.check_output_dir`).
     log: progress lines.
   """
   check(config, out, overwrite=overwrite)

@@ -8,7 +8,10 @@ and random numbers an uninterrupted run takes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import math
+import pathlib
 import sys
 import time
 from collections.abc import Callable
@@ -20,9 +23,10 @@ import numpy as np
 import optax
 
 from jaxplain import data as data_lib
+from jaxplain.evaluation import Evaluation, confusion_matrix, evaluate  # noqa: F401 (old home)
 from jaxplain.models import CNN, Classifier, classifier, predict
 
-__all__ = ["TrainConfig", "augment", "confusion_matrix", "evaluate", "fit", "init_state"]
+__all__ = ["TrainConfig", "augment", "fit", "init_state"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +48,45 @@ class TrainConfig:
   seed: int = 0
   model: dict = dataclasses.field(default_factory=dict)  # CNN(**model)
   init_from: str = ""  # a saved classifier whose weights start the run ("": random init)
+
+  def __post_init__(self):
+    """Refuses settings that cannot train, before any work (one-line ``ValueError``s)."""
+    def whole(name, low):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"`{name}` must be an int >= {low}, got {v!r}")
+
+    whole("epochs", 1)
+    whole("batch_size", 1)
+    whole("seed", 0)
+    for name in ("learning_rate", "momentum", "weight_decay", "warmup_epochs", "label_smoothing",
+                 "class_weighting", "max_rotation", "max_shift", "max_zoom"):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not v >= 0 \
+          or not math.isfinite(v):
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {v!r}")
+    if not self.label_smoothing < 1:
+      raise ValueError(f"`label_smoothing` must be < 1, got {self.label_smoothing!r}")
+    if not isinstance(self.model, dict):
+      raise ValueError(f"`model` must be a dict of CNN options, got {type(self.model).__name__}")
+    unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(CNN)})
+    if unknown:
+      raise ValueError(f"`model` has unknown CNN options {unknown}")
+    widths = tuple(self.model.get("widths", CNN.widths))
+    depths = tuple(self.model.get("depths", CNN.depths))
+    if len(widths) != len(depths):
+      raise ValueError(f"`widths` {list(widths)} and `depths` {list(depths)} must have one entry "
+                       f"per stage, got {len(widths)} and {len(depths)}")
+    if not widths or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
+                         for v in widths + depths):
+      raise ValueError(f"`widths` and `depths` must be ints >= 1, got {list(widths)} and "
+                       f"{list(depths)}")
+    hidden = self.model.get("hidden", CNN.hidden)
+    if isinstance(hidden, bool) or not isinstance(hidden, (int, np.integer)) or hidden < 0:
+      raise ValueError(f"`hidden` must be an int >= 0, got {hidden!r}")
+    dropout = self.model.get("dropout", CNN.dropout)
+    if not 0 <= dropout < 1:
+      raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
 
 
 def augment(key, images):
@@ -150,53 +193,24 @@ def epoch_order(key, epoch: int, n: int) -> np.ndarray:
   return np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))
 
 
-def confusion_matrix(labels, predictions, num_classes: int = 7) -> np.ndarray:
-  """``C[i, j]``: examples of true class ``i`` predicted as ``j``."""
-  labels, predictions = np.asarray(labels), np.asarray(predictions)
-  return np.bincount(labels * num_classes + predictions,
-                     minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-@dataclasses.dataclass(frozen=True)
-class Evaluation:
-  accuracy: float
-  per_class: np.ndarray  # recall of each class (NaN where a class has no examples)
-  confusion: np.ndarray
-  count: int
-
-  def to_json(self, class_names) -> dict:
-    return {"accuracy": self.accuracy, "count": self.count,
-            "per_class": {n: (None if math.isnan(a) else float(a))
-                          for n, a in zip(class_names, self.per_class)},
-            "confusion": self.confusion.tolist()}
-
-  def format(self, class_names) -> str:
-    lines = [f"accuracy {self.accuracy:.4f} on {self.count} faces", "per-class accuracy:"]
-    lines += [f"  {n:>9s} {a:.3f}  ({int(self.confusion[i].sum())} faces)"
-              for i, (n, a) in enumerate(zip(class_names, self.per_class))]
-    head = "true\\pred " + " ".join(f"{n[:7]:>7s}" for n in class_names)
-    lines += ["confusion matrix (rows: true class):", head]
-    lines += [f"{n:>9s} " + " ".join(f"{v:7d}" for v in row)
-              for n, row in zip(class_names, self.confusion)]
-    return "\n".join(lines)
-
-
-def evaluate(clf: Classifier, images_u8, labels, *, batch_size: int = 256) -> Evaluation:
-  """Accuracy, per-class accuracy and confusion matrix of ``clf`` on uint8 faces."""
-  labels = np.asarray(labels)
-  if labels.size and (labels.min() < 0 or labels.max() >= clf.num_classes):
-    raise ValueError(f"labels must be in 0..{clf.num_classes - 1}, got {labels.min()}..{labels.max()}")
-  logits = predict(clf.forward, data_lib.to_float(images_u8), batch_size=batch_size)
-  pred = logits.argmax(-1)
-  cm = confusion_matrix(labels, pred, clf.num_classes)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    per_class = np.diag(cm) / cm.sum(1)
-  return Evaluation(float((pred == labels).mean()) if len(labels) else float("nan"),
-                    per_class, cm, len(labels))
+def data_identity(faces: data_lib.Faces) -> dict[str, Any]:
+  """What identifies training data in a run: its file's size and sha256 (when ``faces.source``
+  is a file), and the sha256 and count of the faces and labels themselves."""
+  h = hashlib.sha256()
+  h.update(np.ascontiguousarray(faces.images).tobytes())
+  h.update(np.ascontiguousarray(faces.labels, np.int64).tobytes())
+  out: dict[str, Any] = {"count": len(faces), "faces_sha256": h.hexdigest()}
+  source = pathlib.Path(faces.source) if faces.source else None
+  if source is not None and source.is_file():
+    from jaxplain import checkpoint
+    out = {"file": str(source.absolute()), "size": source.stat().st_size,
+           "sha256": checkpoint.sha256(source)} | out
+  return out
 
 
 def fit(train: data_lib.Faces, val: data_lib.Faces | None, config: TrainConfig, *,
-        run_dir: str | None = None, resume: bool = False, stop_after: int | None = None,
+        run_dir: str | None = None, resume: bool = False, fresh: bool = False,
+        stop_after: int | None = None,
         log: Callable[[str], None] | None = None) -> Classifier:
   """Trains a :class:`CNN` and returns the classifier from the last epoch.
 
@@ -204,14 +218,25 @@ def fit(train: data_lib.Faces, val: data_lib.Faces | None, config: TrainConfig, 
     train: training faces.
     val: evaluated after each epoch (``None``: skip).
     config: hyperparameters.
-    run_dir: where an orbax checkpoint is written after each epoch (``None``: nowhere).
-    resume: continue from the last checkpoint in ``run_dir``.
+    run_dir: where an orbax checkpoint is written after each epoch (``None``: nowhere). A
+      ``run_dir`` holding another run is refused unless ``resume`` or ``fresh``.
+    resume: continue from the last checkpoint in ``run_dir`` (refused if it was trained on
+      other data: :func:`data_identity`).
+    fresh: delete the epoch checkpoints of another run in ``run_dir`` and start again.
     stop_after: stop after this many epochs of this call (for tests of resuming).
     log: where progress lines go (default: stderr).
   """
   from jaxplain import checkpoint
 
-  log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+  log = log or logging.getLogger("jaxplain").info
+  if not isinstance(config, TrainConfig):
+    raise ValueError(f"`config` must be a TrainConfig, got {type(config).__name__}")
+  if resume and run_dir is None:
+    raise ValueError("resume=True needs run_dir")
+  if fresh and run_dir is None:
+    raise ValueError("fresh=True needs run_dir")
+  if stop_after is not None and stop_after < 1:
+    raise ValueError(f"`stop_after` must be >= 1 or None, got {stop_after!r}")
   steps = len(train) // config.batch_size
   if steps == 0:
     raise ValueError(f"{len(train)} training faces < batch size {config.batch_size}")
@@ -223,10 +248,9 @@ def fit(train: data_lib.Faces, val: data_lib.Faces | None, config: TrainConfig, 
   key = jax.random.key(config.seed)
   start = 0
   history: list[dict[str, Any]] = []
-  manager = checkpoint.RunManager(run_dir, config) if run_dir else None
+  manager = checkpoint.RunManager(run_dir, config, data=data_identity(train), resume=resume,
+                                  fresh=fresh) if run_dir else None
   if resume:
-    if manager is None:
-      raise ValueError("resume=True needs run_dir")
     restored = manager.restore_latest(state)
     if restored is None:
       log(f"no checkpoint in {run_dir}; starting from scratch")
@@ -237,14 +261,16 @@ def fit(train: data_lib.Faces, val: data_lib.Faces | None, config: TrainConfig, 
     if stop_after is not None and epoch - start >= stop_after:
       break
     order = epoch_order(key, epoch, len(train))
-    t0, sums = time.time(), np.zeros(2)
+    t0 = time.time()
     for i in range(steps):
       idx = order[i * config.batch_size:(i + 1) * config.batch_size]
       state, m = step(state, jax.random.fold_in(key, epoch * steps + i), train.images[idx],
                       train.labels[idx])
-      if (i + 1) % 25 == 0 or i + 1 == steps:
-        sums = sums + 0  # keep the device busy; read metrics sparsely
+      if (i + 1) % 25 == 0 or i + 1 == steps:  # read metrics sparsely: the device stays busy
         loss, acc = float(m["loss"]), float(m["accuracy"])
+        if not math.isfinite(loss):
+          raise ValueError(f"the loss became {loss} at epoch {epoch + 1} step {i + 1}: the run "
+                           "diverged; lower the learning rate (--lr)")
         rate = (i + 1) / (time.time() - t0)
         log(f"epoch {epoch + 1}/{config.epochs} step {i + 1}/{steps} loss {loss:.3f} "
             f"acc {acc:.3f} ({rate:.1f} steps/s, eta {(steps - i - 1) / rate:.0f}s)")

@@ -20,5 +20,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[dev]"
 # Real pretrained PyTorch FER CNN for the conversion and Captum tests (skipped if unavailable).
 .venv/bin/python scripts/fetch_reference_models.py || echo "reference models unavailable: their tests will skip"
-[ $# -gt 0 ] || set -- -m "slow or not slow"
+[ $# -gt 0 ] || set -- -m "slow or not slow" --durations=25
 exec .venv/bin/python -m pytest "$@"

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.models import Classifier, check_images
+from jaxplain.models import Classifier, check_images, input_range
 
 
 def as_forward(forward, *, name: str = "forward") -> jax.tree_util.Partial:
@@ -66,8 +66,8 @@ def check_target(target, n: int, k: int, *, name: str = "target"):
 
 def check_call(forward, inputs, target, *, shape=None):
   """Validates a ``method(forward, inputs, target)`` call; returns (forward, inputs, target)."""
+  check_images(inputs, name="inputs", shape=shape, value_range=input_range(forward))
   forward = as_forward(forward)
-  check_images(inputs, name="inputs", shape=shape)
   if inputs.shape[0] == 0:
     raise ValueError("`inputs` is an empty batch (N = 0): pass at least one image")
   inputs = jnp.asarray(inputs)
