@@ -215,6 +215,11 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False,
   if not os.access(parent, os.W_OK | os.X_OK):
     raise ValueError(f"{path}: cannot write into {parent} (permission denied); name a folder "
                      "you can write to")
+  try:  # the real test (root passes os.access, and some file systems refuse anyway)
+    os.rmdir(tempfile.mkdtemp(prefix=".jaxplain-probe-", dir=parent))
+  except OSError as e:
+    raise ValueError(f"{path}: cannot write into {parent} ({e.strerror or e}); name a folder "
+                     "you can write to") from None
   return path
 
 

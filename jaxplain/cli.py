@@ -47,7 +47,8 @@ def _checkpoint(args):
 
 
 def _faces(args, default_split=None):
-  return commands.load_faces(images=getattr(args, "images", None), data=getattr(args, "data", None),
+  """A loader of the faces the arguments name (the command calls it after its checks)."""
+  return lambda: commands.load_faces(images=getattr(args, "images", None), data=getattr(args, "data", None),
                              split=getattr(args, "split", None),
                              skip_bad=getattr(args, "skip_bad", False), default_split=default_split)
 
@@ -114,7 +115,7 @@ def cmd_explain(args) -> int:
            "batch_size": args.batch_size, "samples": args.samples, "stdev": args.stdev,
            "layer": args.layer, "window": args.window, "stride": args.stride}
   from jaxplain.attribution import registry
-  accepted = registry.get(args.method).options
+  accepted = [o for o in registry.get(args.method).options if o not in ("key", "method")]
   for name, value in flags.items():
     if value is not None:
       if name not in accepted:
@@ -139,7 +140,7 @@ def cmd_report(args) -> int:
   report.check(cfg, args.out, overwrite=args.overwrite)
   clf = _checkpoint(args)
   faces = commands.load_faces(images=args.images)  # the photos, or the bundled faces
-  measure = _faces(args, "PublicTest") if args.data else None
+  measure = _faces(args, "PublicTest")() if args.data else None
   page = report.report(clf, faces, args.out, config=cfg, measure=measure,
                        checkpoint_name=args.checkpoint or "the shipped FER2013 CNN",
                        overwrite=args.overwrite)
@@ -172,15 +173,25 @@ def parser() -> argparse.ArgumentParser:
   from jaxplain import report, train
   from jaxplain.attribution import registry
   from jaxplain.models import CNN
-  p = argparse.ArgumentParser(prog="jaxplain", description="Train and explain a FER2013 CNN "
-                              "in JAX: saliency, integrated gradients, filters, LIME.")
-  verbosity = p.add_mutually_exclusive_group()
-  verbosity.add_argument("-q", "--quiet", action="store_true", help="errors and results only")
-  verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+  # -q/-v go before or after the subcommand (SUPPRESS: a subcommand's parser sets them only
+  # when given, so it does not undo the top level's)
+  common = argparse.ArgumentParser(add_help=False)
+  verbosity = common.add_mutually_exclusive_group()
+  verbosity.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                         help="errors and results only")
+  verbosity.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="debug messages too")
+  p = argparse.ArgumentParser(prog="jaxplain", parents=[common], description="Train and "
+                              "explain a FER2013 CNN in JAX: saliency, integrated gradients, "
+                              "filters, LIME.")
+  p.set_defaults(quiet=False, verbose=False)
   sub = p.add_subparsers(dest="command", required=True)
 
+  def add(name, **kwargs):
+    return sub.add_parser(name, parents=[common], **kwargs)
+
   tc = train.TrainConfig()
-  t = sub.add_parser("train", help="train the CNN with optax")
+  t = add("train", help="train the CNN with optax")
   t.add_argument("--data", required=True, help="FER2013 CSV or image folder")
   t.add_argument("--train-split", default="Training")
   t.add_argument("--val-split", default="PublicTest", help="evaluated each epoch ('' : none)")
@@ -210,14 +221,14 @@ def parser() -> argparse.ArgumentParser:
               out_help="save the final classifier to this directory")
   t.set_defaults(func=cmd_train)
 
-  e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
+  e = add("evaluate", help="accuracy, per-class accuracy and confusion matrix")
   _add_data_args(e)
   e.add_argument("--batch-size", type=int, default=EvaluateConfig.batch_size)
   _add_common(e, out_required=False, out_help="write confusion_matrix.png and evaluation.json")
   e.set_defaults(func=cmd_evaluate)
 
   lc = LimeConfig()
-  li = sub.add_parser("lime", help="LIME superpixel explanations per class (native, in JAX)")
+  li = add("lime", help="LIME superpixel explanations per class (native, in JAX)")
   li.add_argument("--images", nargs="+", help="image files to explain (instead of --data)")
   _add_data_args(li, split_default="PublicTest")
   li.add_argument("--per-class", type=int, default=lc.per_class,
@@ -239,7 +250,7 @@ def parser() -> argparse.ArgumentParser:
   li.set_defaults(func=cmd_lime)
 
   fc = FiltersConfig()
-  fi = sub.add_parser("filters", help="the input that maximises each filter of a layer, and "
+  fi = add("filters", help="the input that maximises each filter of a layer, and "
                       "the filters' outputs on a face")
   fi.add_argument("--layer", help="layer name (default: a middle conv layer, conv3_2 for "
                   "jaxplain's CNN)")
@@ -262,7 +273,7 @@ def parser() -> argparse.ArgumentParser:
   _add_common(fi)
   fi.set_defaults(func=cmd_filters)
 
-  c = sub.add_parser("convert", help="convert a PyTorch CNN into a jaxplain checkpoint")
+  c = add("convert", help="convert a PyTorch CNN into a jaxplain checkpoint")
   c.add_argument("--model", required=True,
                  help="pkg.module:ClassName or path/to/file.py:ClassName (loaded by path)")
   c.add_argument("--model-args", help='constructor arguments as JSON: {"in_c": 1} or [1, 32]')
@@ -281,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
   _add_common(c, checkpoint=False, out_help="checkpoint directory to write")
   c.set_defaults(func=cmd_convert)
 
-  x = sub.add_parser("explain", help="attributions of any registered method per face, as "
+  x = add("explain", help="attributions of any registered method per face, as "
                      "figures and .npz")
   x.add_argument("--method", required=True,
                  choices=registry.names() + tuple(a for n in registry.names()
@@ -313,7 +324,7 @@ def parser() -> argparse.ArgumentParser:
   x.set_defaults(func=cmd_explain)
 
   rc = report.ReportConfig()
-  r = sub.add_parser("report", help="all four answers as figures and one HTML page")
+  r = add("report", help="all four answers as figures and one HTML page")
   r.add_argument("--checkpoint", help="classifier directory, own or converted (default: shipped)")
   r.add_argument("--images", nargs="+", help="your photos (any size/colour; centre-cropped to "
                  "48x48 gray); default: the bundled FER2013 sample faces")
@@ -337,12 +348,17 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
+class _Stderr(logging.Handler):
+  """Writes each message to the current ``sys.stderr`` (which tests and tools may swap)."""
+
+  def emit(self, record):
+    print(self.format(record), file=sys.stderr, flush=True)
+
+
 def _configure_logging(args) -> None:
   level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-  if not log.handlers:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
+  if not any(isinstance(h, _Stderr) for h in log.handlers):
+    log.addHandler(_Stderr())
   log.setLevel(level)
   log.propagate = False
 
@@ -366,5 +382,18 @@ def main(argv=None) -> int:
     return 130
 
 
+def entry() -> None:
+  """The console script: :func:`main`, then exit. After Ctrl-C the process ends at once
+  (``os._exit``): XLA threads still compiling could otherwise crash the interpreter's
+  shutdown."""
+  import os
+  code = main()
+  if code == 130:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  entry()

@@ -36,8 +36,7 @@ def check_positive(name: str, value, *, zero: bool = False) -> None:
   """A ``ValueError`` naming option ``name`` unless ``value`` is a positive (or 0) number."""
   if value is None:
     return
-  low = 0 if zero else 1
-  if isinstance(value, bool) or not np.isfinite(value) or value < low:
+  if isinstance(value, bool) or not np.isfinite(value) or value < 0 or (value == 0 and not zero):
     raise ValueError(f"{name} must be {'>= 0' if zero else 'a positive number'}, got {value}")
 
 
@@ -66,6 +65,11 @@ def check_output(out, overwrite: bool) -> None:
   """Fails now, before any work, if ``out`` cannot be written (see :mod:`jaxplain.checkpoint`)."""
   from jaxplain import checkpoint
   checkpoint.check_output_dir(pathlib.Path(out), overwrite=overwrite, kind="report")
+
+
+def _load(faces) -> data_lib.Faces:
+  """``faces``, or what the loader ``faces()`` returns (commands validate before loading)."""
+  return faces() if callable(faces) else faces
 
 
 def labelled(faces: data_lib.Faces) -> bool:
@@ -106,9 +110,13 @@ class ExplainConfig:
   options: dict = dataclasses.field(default_factory=dict)  # the method's own options
 
 
-def explain(clf, faces: data_lib.Faces, out, cfg: ExplainConfig = ExplainConfig(), *,
+def explain(clf, faces, out, cfg: ExplainConfig = ExplainConfig(), *,
             overwrite: bool = False) -> pathlib.Path:
-  """Attributions of ``cfg.method`` for each face, as ``<method>.npz`` and pages of figures."""
+  """Attributions of ``cfg.method`` for each face, as ``<method>.npz`` and pages of figures.
+
+  ``faces`` is a :class:`~jaxplain.data.Faces` or a function returning one (called after the
+  options and ``out`` are checked, like every command here).
+  """
   import jax
 
   from jaxplain import attribution, batching, viz
@@ -118,9 +126,11 @@ def explain(clf, faces: data_lib.Faces, out, cfg: ExplainConfig = ExplainConfig(
   check_positive("tol", cfg.tol)
   if cfg.tol is not None and method.name != "integrated_gradients":
     raise ValueError(f"--tol applies to integrated gradients only, not {method.name!r}")
-  options = attribution.explain.method_options(clf, method.name, cfg.options)
+  options = attribution.explain.check_method(clf, method.name, cfg.options)
+  check_positive("per-class", cfg.per_class, zero=True)
+  check_target(cfg.target)
   check_output(out, overwrite)
-  faces = per_class(faces, clf.num_classes, cfg.per_class)
+  faces = per_class(_load(faces), clf.num_classes, cfg.per_class)
   images = data_lib.to_float(faces.images)
   predictions = clf.predict(images).argmax(-1)
   targets = targets_for(faces, predictions, cfg.target)
@@ -185,7 +195,7 @@ class LimeConfig:
   seed: int = 0
 
 
-def lime(clf, faces: data_lib.Faces, out, cfg: LimeConfig = LimeConfig(), *,
+def lime(clf, faces, out, cfg: LimeConfig = LimeConfig(), *,
          overwrite: bool = False) -> pathlib.Path:
   """LIME for each face's class; writes ``lime_classes.png``, ``lime.npz`` and ``lime.json``."""
   import jax
@@ -198,7 +208,9 @@ def lime(clf, faces: data_lib.Faces, out, cfg: LimeConfig = LimeConfig(), *,
     raise ValueError(f"num-samples must be >= 2 (the face and one perturbation), got "
                      f"{cfg.num_samples}")
   check_target(cfg.target)
+  check_positive("per-class", cfg.per_class, zero=True)
   check_output(out, overwrite)
+  faces = _load(faces)
   known = labelled(faces)
   ev = evaluation.evaluate(clf, faces.images, faces.labels) if known else None
   faces = per_class(faces, clf.num_classes, cfg.per_class)
@@ -311,15 +323,16 @@ class EvaluateConfig:
   batch_size: int = 256
 
 
-def evaluate(clf, faces: data_lib.Faces, out=None, cfg: EvaluateConfig = EvaluateConfig(), *,
+def evaluate(clf, faces, out=None, cfg: EvaluateConfig = EvaluateConfig(), *,
              overwrite: bool = False):
   """Accuracy, per-class accuracy, confusion matrix; with ``out`` also its figure and JSON."""
   from jaxplain import evaluation, viz
   check_positive("batch-size", cfg.batch_size)
-  if not labelled(faces):
-    raise ValueError(f"{faces.source}: evaluation needs labelled faces")
   if out is not None:
     check_output(out, overwrite)
+  faces = _load(faces)
+  if not labelled(faces):
+    raise ValueError(f"{faces.source}: evaluation needs labelled faces")
   ev = evaluation.evaluate(clf, faces.images, faces.labels, batch_size=cfg.batch_size)
   print(f"{faces.source}: {len(faces)} faces")
   print(ev.format(clf.class_names))

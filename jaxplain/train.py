@@ -12,7 +12,6 @@ import hashlib
 import logging
 import math
 import pathlib
-import sys
 import time
 from collections.abc import Callable
 from typing import Any

@@ -110,7 +110,7 @@ def test_evaluate_without_data_says_it_uses_the_bundled_faces(ckpt, capsys):
 @pytest.mark.parametrize("args, message", [
     (["explain", "--method", "saliency", "--per-class", "-1"], "per-class must be >= 0"),
     (["explain", "--method", "saliency", "--steps", "5"], "--steps does not apply"),
-    (["explain", "--method", "grad_cam", "--layer", "nope"], "unknown layer 'nope'"),
+    (["explain", "--method", "grad_cam", "--layer", "nope"], "layer 'nope'"),
     (["explain", "--method", "smoothgrad", "--stdev", "nan"], "`stdev` must be a finite"),
     (["explain", "--method", "saliency", "--images-per-batch", "0"], "images-per-batch"),
     (["lime", "--n-segments", "0"], "n-segments must be a positive number"),

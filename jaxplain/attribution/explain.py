@@ -11,7 +11,7 @@ from jaxplain import batching
 from jaxplain.attribution import registry
 from jaxplain.models import Classifier
 
-__all__ = ["attribute", "attribute_many", "default_cam_layer", "method_options"]
+__all__ = ["attribute", "attribute_many", "check_method", "default_cam_layer", "method_options"]
 
 
 def default_cam_layer(classifier: Classifier) -> str:
@@ -30,8 +30,22 @@ def method_options(classifier: Classifier, method: str, options: dict) -> dict:
     raise ValueError(f"method {m.name!r} takes no option(s) {unknown}; its options: "
                      f"{list(o for o in m.options if o != 'key')}")
   options = {k: v for k, v in m.defaults.items() if k in m.options} | dict(options)
-  if m.layer and options.get("layer") is None:
-    options["layer"] = registry.default_layer(classifier)
+  if m.layer:
+    if options.get("layer") is None:
+      options["layer"] = registry.default_layer(classifier)
+    classifier.check_layer(options["layer"])
+  return options
+
+
+def check_method(classifier: Classifier, method: str, options: dict, *, key=None) -> dict:
+  """Every check ``method`` makes of ``options``, now: it is traced on one abstract image
+  (``jax.eval_shape``, nothing is computed). Returns the completed options."""
+  options = method_options(classifier, method, options)
+  x = jax.ShapeDtypeStruct((1,) + tuple(classifier.input_shape), np.float32)
+  t = jax.ShapeDtypeStruct((1,), np.int32)
+  key = jax.random.key(0) if key is None else key
+  jax.eval_shape(lambda x, t: attribute(classifier, x, t, method=method, key=key, **options),
+                 x, t)
   return options
 
 
