@@ -52,6 +52,7 @@ class ReportConfig:
 
   methods: tuple[str, ...] = ("saliency", "smoothgrad", "integrated_gradients", "grad_cam",
                               "guided_backprop")
+  method_options: dict = dataclasses.field(default_factory=dict)  # name -> options of a method
   ig_tol: float = 0.01  # completeness gap of question 4's adaptive integral, relative
   gradcam_layer: str | None = None  # default: registry.default_layer
   filter_layer: str | None = None  # default: feature_vis.default_layer
@@ -68,6 +69,10 @@ def check(cfg: ReportConfig, out, *, overwrite: bool = False) -> None:
   """Raises ``ValueError`` for bad settings or an output folder it must not write, before work."""
   for name in cfg.methods:
     registry.get(name)
+  for name, options in cfg.method_options.items():
+    unknown = set(options) - set(registry.get(name).options)
+    if unknown:
+      raise ValueError(f"method {name!r} takes no option(s) {sorted(unknown)}")
   for name in ("filters", "filter_steps", "lime_samples", "lime_per_class", "ig_tol"):
     value = getattr(cfg, name)
     if isinstance(value, bool) or not value > 0:
@@ -120,6 +125,7 @@ def attribution_methods(clf: Classifier, cfg: ReportConfig, *, ig_steps: int | N
   out = {}
   for name in cfg.methods:
     options = {"layer": layer} if registry.get(name).layer else {}
+    options |= cfg.method_options.get(name, {})
     if ig_steps and "steps" in registry.get(name).options:
       options["steps"] = ig_steps
     out[name] = jax.jit(lambda k, x, t, name=name, options=options: attribution.attribute(
@@ -217,6 +223,8 @@ def _settings(clf, cfg: ReportConfig, measure) -> dict:
   """The settings that applied, with defaults resolved (the layers actually used)."""
   settings = {
       "methods (question 1)": ", ".join(cfg.methods),
+      **{f"{name} options": ", ".join(f"{k}={v}" for k, v in options.items())
+         for name, options in cfg.method_options.items()},
       "layer of the layer methods": cfg.gradcam_layer or registry.default_layer(clf),
       "filter layer (question 2)": cfg.filter_layer or feature_vis.default_layer(clf),
       "filters": cfg.filters, "gradient-ascent steps": cfg.filter_steps,

@@ -9,8 +9,10 @@ import pytest
 
 from jaxplain import cli, data, report
 
-SMALL = report.ReportConfig(ig_steps=8, smoothgrad_samples=3, filters=4, filter_steps=16,
-                            lime_samples=40, lime_per_class=1, per_class=2, measure_ig_steps=4)
+SMALL = report.ReportConfig(
+    method_options={"smoothgrad": {"samples": 3}, "integrated_gradients": {"steps": 8}},
+    ig_tol=0.05, filters=4, filter_steps=16, lime_samples=40, lime_per_class=1, per_class=2,
+    measure_ig_steps=4)
 
 
 def test_band_shares_analytic():
@@ -61,8 +63,12 @@ def test_report_writes_every_figure(small_report):
   html = small_report.read_text()
   sources = re.findall(r"<img src='([^']+)'", html)
   assert {"attributions.png", "integrated_gradients.png", "filters.png", "filter_outputs.png",
-          "lime.png", "confusion_matrix.png", "class_mean_maps.png",
+          "lime.png", "lime_package.png", "confusion_matrix.png", "class_mean_maps.png",
           "band_shares.png"} <= set(sources)
+  titles = re.findall(r"<h2>(\d)\. ", html)
+  assert titles == ["1", "2", "3", "4"]  # the questions in order
+  settings = html[html.index("<h2>Settings</h2>"):]
+  assert "None" not in settings and "conv" in settings or "pool" in settings
   for src in sources:
     assert (small_report.parent / src).stat().st_size > 1000
   assert "completeness" in html.lower() and "Settings" in html
@@ -97,10 +103,8 @@ def test_cli_report_with_user_images(tmp_path, tiny_classifier, monkeypatch):
   for i, size in enumerate([(120, 90, 3), (64, 64)]):
     photos.append(tmp_path / f"p{i}.png")
     Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(photos[-1])
-  monkeypatch.setattr(report, "ReportConfig",
-                      lambda **kw: SMALL.__class__(**{**SMALL.__dict__, **{
-                          k: v for k, v in kw.items() if k in ("filter_layer", "seed")}}))
   assert cli.main(["report", "--checkpoint", str(ckpt), "--images", *map(str, photos),
+                   "--filters", "2", "--lime-samples", "20", "--ig-tol", "0.1",
                    "--out", str(tmp_path / "out")]) == 0
   html = (tmp_path / "out" / "index.html").read_text()
   assert "face 0" in html and "face 1" in html
