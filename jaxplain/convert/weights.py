@@ -183,9 +183,17 @@ def _strip(obj: dict, want: set[str], prefix: str | None) -> dict:
     heads = {k.split(".", 1)[0] for k in obj if "." in k}
     for head in sorted(heads):  # e.g. Lightning's "model." wrapper
       inner = {k[len(head) + 1:]: v for k, v in obj.items() if k.startswith(head + ".")}
-      if inner.keys() >= want:
+      if inner.keys() == want and len(inner) == len(obj):
         return inner
   return obj
+
+
+def _prefix_hint(obj: dict, want: set[str]) -> str:
+  heads = sorted({k.split(".", 1)[0] for k in obj if "." in k})
+  for head in heads:
+    if {k[len(head) + 1:] for k in obj if k.startswith(head + ".")} >= want:
+      return f"; the entries under '{head}.' fit: pass prefix='{head}.'"
+  return ""
 
 
 def load_torch_weights(module, path, *, key: str | None = None, prefix: str | None = None,
@@ -235,7 +243,8 @@ def load_torch_weights(module, path, *, key: str | None = None, prefix: str | No
             if is_tensor(obj[k]) and tuple(obj[k].shape) != tuple(want[k].shape)]
   if missing or unexpected or shapes:
     raise ValueError(f"the weights in {path} do not fit {type(module).__name__}: missing keys "
-                     f"{missing}, unexpected keys {unexpected}, wrong shapes {shapes}")
+                     f"{missing}, unexpected keys {unexpected}, wrong shapes {shapes}"
+                     f"{_prefix_hint(obj, set(want)) if prefix is None else ''}")
   bad = nonfinite(obj)
   if bad:
     raise ValueError(f"the weights in {path} hold NaN or infinite values: {bad}; the file is "
