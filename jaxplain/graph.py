@@ -359,10 +359,11 @@ def _layer_norm(a, p, w, ctx):
   weight, bias = _affine_weights(a, w, 1)
   if p.get("no_weight"):
     weight, bias = None, (a[1] if len(a) > 1 else None)
+  lift = lambda v: v.reshape((1,) * (x.ndim - v.ndim) + v.shape)
   if weight is not None:
-    y = y * weight
+    y = y * lift(weight)
   if bias is not None:
-    y = y + bias
+    y = y + lift(bias)
   return y
 
 
