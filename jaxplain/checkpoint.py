@@ -334,8 +334,8 @@ def builders() -> dict[str, Any]:
 
 
 def _build_torch_graph(meta):
-  from jaxplain import convert  # numpy/JAX only: loading needs no torch
-  return convert.build_from_meta(meta)
+  from jaxplain import graph  # numpy/JAX only: loading needs no torch
+  return graph.build_from_meta(meta)
 
 
 def _describe(tree) -> dict[str, tuple]:

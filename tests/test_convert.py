@@ -409,7 +409,7 @@ def test_float64_module_converts_to_float64():
 class Upsampler(nn.Module):
   def __init__(self):
     super().__init__()
-    self.up = nn.Upsample(scale_factor=2)
+    self.up = nn.PixelShuffle(2)
 
   def forward(self, x):
     return self.up(x)
@@ -417,7 +417,7 @@ class Upsampler(nn.Module):
 
 class Exp(nn.Module):
   def forward(self, x):
-    return torch.exp(x)
+    return torch.cumsum(x, 1)
 
 
 class Branchy(nn.Module):
@@ -432,9 +432,10 @@ class Branchy(nn.Module):
 
 
 @pytest.mark.parametrize("module, match", [
-    (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), Upsampler()), r"Upsample at '1\.up'"),
+    (lambda: nn.Sequential(nn.Conv2d(1, 4, 3), Upsampler()),
+     r"unsupported op 'pixel_shuffle'.* at '1\.up'"),
     (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sequential(nn.ReLU(), Exp())),
-     r"unsupported op 'exp'.* at '1\.1'"),
+     r"unsupported op 'cumsum'.* at '1\.1'"),
     (Branchy, "cannot trace Branchy"),
     (lambda: nn.Sequential(nn.Conv2d(1, 2, 3)), r"must return \(N, K\)"),
     (lambda: nn.Sequential(nn.Flatten(), nn.BatchNorm1d(36, track_running_stats=False)),
@@ -502,8 +503,11 @@ def test_load_torch_weights(tmp_path):
     assert torch.equal(v, dst.state_dict()[k])
   with pytest.raises(ValueError, match=r"no entry 'net'.*\['epochs', 'network'\]"):
     convert.load_torch_weights(Small(), tmp_path / "ckpt.pt", key="net")
+  auto = convert.load_torch_weights(Small(), tmp_path / "ckpt.pt")  # "network": a usual entry
+  assert torch.equal(auto.conv.weight, src.conv.weight)
+  torch.save({"ema": src.state_dict(), "online": src.state_dict()}, tmp_path / "two.pt")
   with pytest.raises(ValueError, match="key="):
-    convert.load_torch_weights(Small(), tmp_path / "ckpt.pt")
+    convert.load_torch_weights(Small(), tmp_path / "two.pt")
   sd = dict(src.state_dict())
   sd["extra.weight"] = sd.pop("fc.bias")
   torch.save(sd, tmp_path / "bad.pt")
@@ -599,8 +603,10 @@ def test_cli_convert_synthetic(tmp_path, capsys):
   np.testing.assert_allclose(clf.forward(faces), _torch_out(module, faces, 0.5, 0.5), atol=1e-5)
   meta = json.loads((tmp_path / "out" / "jaxplain.json").read_text())
   assert meta["kind"] == "torch_graph" and meta["converted_from"]["key"] == "model"
-  assert cli.main(["convert", "--model", f"{tmp_path / 'nets.py'}:Tiny", "--weights",
-                   str(tmp_path / "w.pt"), "--out", str(tmp_path / "out2")]) == 2
+  torch.save({"ema": module.state_dict(), "online": module.state_dict()}, tmp_path / "w2.pt")
+  assert cli.main(["convert", "--model", f"{tmp_path / 'nets.py'}:Tiny", "--model-args",
+                   '{"c": 3}', "--weights", str(tmp_path / "w2.pt"), "--out",
+                   str(tmp_path / "out2")]) == 2
   assert "--key" in capsys.readouterr().err
 
 
