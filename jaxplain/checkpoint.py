@@ -122,8 +122,9 @@ def _alive(pid: int) -> bool:
   return True
 
 
-def _leftovers(path: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
-  """Hidden siblings a killed save of ``path`` left: ``("tmp"|"old", folder)``, newest first."""
+def _leftovers(path: pathlib.Path, *, dead_only: bool = True) -> list[tuple[str, pathlib.Path]]:
+  """Hidden siblings a killed save of ``path`` left: ``("tmp"|"old", folder)``, newest first
+  (``dead_only``: only those of processes no longer running)."""
   try:
     entries = list(path.parent.iterdir())
   except OSError:
@@ -132,7 +133,7 @@ def _leftovers(path: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
   for e in entries:
     m = _LEFTOVER.match(e.name)
     if (m and m["name"] == path.name and e.is_dir() and not e.is_symlink()
-        and not _alive(int(m["pid"]))):
+        and not (dead_only and _alive(int(m["pid"])))):
       found.append(("tmp" if m["what"] == _TMP else "old", e))
   return sorted(found, key=lambda t: t[1].stat().st_mtime, reverse=True)
 
@@ -141,7 +142,7 @@ def _stranded(path: pathlib.Path) -> pathlib.Path | None:
   """The previous folder a save killed between its two renames left aside (``path`` missing)."""
   if path.exists():
     return None
-  return next((p for what, p in _leftovers(path) if what == "old"), None)
+  return next((p for what, p in _leftovers(path, dead_only=False) if what == "old"), None)
 
 
 def clean_leftovers(path: str | os.PathLike) -> None:
