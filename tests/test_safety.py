@@ -321,6 +321,9 @@ def test_new_run_in_a_run_dir_holding_another_is_refused(tmp_path, one_epoch_run
   shutil.copytree(src, run)
   (run / "notes.txt").write_text("mine")
   before = checkpoint.file_digests(run)
+  with pytest.raises(ValueError, match=r"holds another run \(epochs 1\).*--resume.*--fresh"):
+    checkpoint.check_run_dir(run)  # what the CLI asks before reading the data
+  assert checkpoint.check_run_dir(run, resume=True) == run
   faces = data.load(tiny_csvs[0])
   with pytest.raises(ValueError, match=r"holds another run \(epochs 1\).*--resume.*--fresh"):
     train.fit(faces, None, cfg, run_dir=run, log=lambda s: None)
