@@ -41,7 +41,8 @@ OUTPUT_KINDS = ("checkpoint", "report")
 _TMP, _OLD = "jaxplain-tmp", "jaxplain-old"  # hidden siblings: `.{name}.{_TMP}-{pid}-{random}`
 
 __all__ = ["save_classifier", "load_classifier", "read_metadata", "check_output_dir",
-           "atomic_directory", "file_digests", "RunManager", "builders"]
+           "check_run_dir", "atomic_directory", "clean_leftovers", "file_digests", "sha256",
+           "RunManager", "builders"]
 
 
 def _json_default(o):
@@ -122,8 +123,9 @@ def _alive(pid: int) -> bool:
   return True
 
 
-def _leftovers(path: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
-  """Hidden siblings a killed save of ``path`` left: ``("tmp"|"old", folder)``, newest first."""
+def _leftovers(path: pathlib.Path, *, dead_only: bool = True) -> list[tuple[str, pathlib.Path]]:
+  """Hidden siblings a killed save of ``path`` left: ``("tmp"|"old", folder)``, newest first
+  (``dead_only``: only those of processes no longer running)."""
   try:
     entries = list(path.parent.iterdir())
   except OSError:
@@ -132,7 +134,7 @@ def _leftovers(path: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
   for e in entries:
     m = _LEFTOVER.match(e.name)
     if (m and m["name"] == path.name and e.is_dir() and not e.is_symlink()
-        and not _alive(int(m["pid"]))):
+        and not (dead_only and _alive(int(m["pid"])))):
       found.append(("tmp" if m["what"] == _TMP else "old", e))
   return sorted(found, key=lambda t: t[1].stat().st_mtime, reverse=True)
 
@@ -141,7 +143,7 @@ def _stranded(path: pathlib.Path) -> pathlib.Path | None:
   """The previous folder a save killed between its two renames left aside (``path`` missing)."""
   if path.exists():
     return None
-  return next((p for what, p in _leftovers(path) if what == "old"), None)
+  return next((p for what, p in _leftovers(path, dead_only=False) if what == "old"), None)
 
 
 def clean_leftovers(path: str | os.PathLike) -> None:
@@ -495,6 +497,41 @@ def _leaves_like(raw, abstract):
 
 # --- training runs ------------------------------------------------------------------------------
 
+def _run_steps(directory: pathlib.Path) -> list[int]:
+  """The epochs whose checkpoints ``directory`` holds (orbax names step folders by number)."""
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def check_run_dir(directory: str | os.PathLike, *, resume: bool = False,
+                  fresh: bool = False) -> pathlib.Path:
+  """Checks, before any work, that a run may start (or resume) in ``directory``.
+
+  A directory holding another run's epoch checkpoints is refused unless ``resume`` (continue
+  it) or ``fresh`` (:class:`RunManager` then deletes those checkpoints, and only them). Nothing
+  is created or changed.
+
+  Returns:
+    ``directory``, absolute.
+
+  Raises:
+    ValueError: one line naming the directory and ``--resume``/``--fresh``.
+  """
+  directory = pathlib.Path(directory).absolute()
+  if resume and fresh:
+    raise ValueError("pass either resume=True (--resume) or fresh=True (--fresh), not both")
+  if directory.exists() and not directory.is_dir():
+    raise ValueError(f"run_dir {directory} is a file; name a folder for the run")
+  steps = _run_steps(directory)
+  if steps and not (resume or fresh):
+    raise ValueError(f"run_dir {directory} holds another run (epochs "
+                     f"{', '.join(map(str, steps))}); pass resume=True (--resume) to continue "
+                     "it, fresh=True (--fresh) to delete its checkpoints and start again, or name "
+                     "a new --run-dir")
+  return directory
+
+
 def _write_json_atomically(path: pathlib.Path, obj) -> None:
   tmp = path.with_name(f".{path.name}.{_TMP}-{os.getpid()}-{secrets.token_hex(4)}")
   tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
@@ -524,21 +561,12 @@ class RunManager:
 
   def __init__(self, directory, config, *, data: dict | None = None, resume: bool = False,
                fresh: bool = False):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = check_run_dir(directory, resume=resume, fresh=fresh)
     self.config = json.loads(json.dumps(dataclasses.asdict(config), default=_json_default))
     self.data = data or {}
-    if resume and fresh:
-      raise ValueError("pass either resume=True (--resume) or fresh=True (--fresh), not both")
-    if self.directory.exists() and not self.directory.is_dir():
-      raise ValueError(f"run_dir {self.directory} is a file; name a folder for the run")
     run_file = self.directory / RUN_FILE
-    steps = self._steps()
-    if steps and not resume:
-      if not fresh:
-        raise ValueError(f"run_dir {self.directory} holds another run (epochs "
-                         f"{', '.join(map(str, steps))}); pass "
-                         "resume=True (--resume) to continue it, fresh=True (--fresh) to delete "
-                         "its checkpoints and start again, or name a new --run-dir")
+    steps = _run_steps(self.directory)
+    if steps and fresh:
       for p in self.directory.iterdir():
         if (p.is_dir() and (p.name.isdigit() or ".orbax-checkpoint-tmp" in p.name)
             and not p.is_symlink()):
@@ -556,12 +584,6 @@ class RunManager:
       self.record = {"format": RUN_FORMAT, "version": VERSION, "config": self.config,
                      "data": self.data, "sha256": {}}
       _write_json_atomically(run_file, self.record)
-
-  def _steps(self) -> list[int]:
-    if not self.directory.is_dir():
-      return []
-    return sorted(int(p.name) for p in self.directory.iterdir()
-                  if p.is_dir() and p.name.isdigit())
 
   def _read_record(self) -> dict:
     f = self.directory / RUN_FILE

@@ -144,6 +144,8 @@ def classifier_fn(classifier: Classifier, *, batch_size: int = 256) -> Callable[
       x = x.astype(np.float32) / 255.0
     elif not np.issubdtype(x.dtype, np.floating):
       raise ValueError(f"`images` must be float in [0, 1] or uint8, got dtype {x.dtype}")
+    elif x.dtype == np.float64 and not jax.config.jax_enable_x64:
+      x = x.astype(np.float32)  # lime always sends float64: no "becomes float32" warning
     if x.ndim == 4 and x.shape[-1] != channels and channels == 1:
       x = x.astype(np.float64).mean(-1, keepdims=True).astype(x.dtype)
     check_images(x, name="images", shape=classifier.input_shape)

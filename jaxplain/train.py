@@ -236,6 +236,8 @@ def fit(train: data_lib.Faces, val: data_lib.Faces | None, config: TrainConfig, 
     raise ValueError("fresh=True needs run_dir")
   if stop_after is not None and stop_after < 1:
     raise ValueError(f"`stop_after` must be >= 1 or None, got {stop_after!r}")
+  if run_dir is not None:
+    checkpoint.check_run_dir(run_dir, resume=resume, fresh=fresh)
   steps = len(train) // config.batch_size
   if steps == 0:
     raise ValueError(f"{len(train)} training faces < batch size {config.batch_size}")

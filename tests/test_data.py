@@ -172,3 +172,35 @@ def test_real_fer2013_csv(shared_csv):
   assert len(train) == 28709 and len(test) == 3589
   np.testing.assert_array_equal(np.bincount(train.labels),
                                 [3995, 436, 4097, 7215, 4830, 3171, 4965])
+
+
+def test_huge_pixel_is_reported_as_written(kaggle_csv, tmp_path):
+  _, images, _, _ = kaggle_csv
+  pixels = [str(v) for v in images[0].ravel()]
+  pixels[7] = "99999999999999999999"
+  path = tmp_path / "huge.csv"
+  path.write_text("emotion,pixels,Usage\n" + f"0,{' '.join(pixels)},Training\n")
+  with pytest.raises(ValueError, match=r"line 2: pixel value 99999999999999999999 outside 0-255"):
+    data.load_csv(path)
+
+
+def test_missing_usage_column_is_said(kaggle_csv, tmp_path):
+  _, images, labels, _ = kaggle_csv
+  path = tmp_path / "no_usage.csv"
+  path.write_text("emotion,pixels\n" + "".join(
+      f"{l},{' '.join(map(str, im.ravel()))}\n" for l, im in zip(labels, images)))
+  with pytest.warns(UserWarning, match=r"no_usage.csv: no Usage column, so all 6 rows are "
+                                       "'Training'"):
+    faces = data.load_csv(path)
+  assert set(faces.usage) == {"Training"}
+
+
+def test_16_bit_png_is_scaled_to_8_bit(tmp_path):
+  from PIL import Image
+  wide = (np.arange(48 * 48, dtype=np.uint16).reshape(48, 48) * 28).astype(np.uint16)  # 0..64484
+  Image.fromarray(wide).save(tmp_path / "deep.png")  # PIL writes a 16-bit gray PNG
+  with Image.open(tmp_path / "deep.png") as im:
+    assert im.mode.startswith("I")  # PIL reads it as 16/32-bit integers, not 8-bit gray
+  got = data.load_images([tmp_path / "deep.png"])[0]
+  np.testing.assert_array_equal(got, np.rint(wide / 257.0).astype(np.uint8))
+  assert got.min() == 0 and got.max() == 251  # not clipped to white
