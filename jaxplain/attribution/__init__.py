@@ -13,6 +13,15 @@ from __future__ import annotations
 from jaxplain.attribution import registry
 from jaxplain.attribution.baselines import blur, make_baselines
 from jaxplain.attribution.cam import grad_cam, upsample
+from jaxplain.attribution.cams import (
+    ablation_cam,
+    eigen_cam,
+    grad_cam_plus_plus,
+    hires_cam,
+    layer_cam,
+    score_cam,
+    xgrad_cam,
+)
 from jaxplain.attribution.explain import attribute, attribute_many
 from jaxplain.attribution.guided import guided, guided_backprop
 from jaxplain.attribution.integrated_gradients import (
@@ -28,21 +37,28 @@ from jaxplain.attribution.smoothgrad import smoothgrad
 
 __all__ = [
     "METHODS",
+    "ablation_cam",
     "approximation",
     "attribute",
     "attribute_many",
     "blur",
     "completeness_gap",
+    "eigen_cam",
     "grad_cam",
+    "grad_cam_plus_plus",
     "guided",
     "guided_backprop",
+    "hires_cam",
     "input_x_gradient",
     "integrated_gradients",
     "integrated_gradients_adaptive",
+    "layer_cam",
     "make_baselines",
     "registry",
     "occlusion",
     "saliency",
+    "score_cam",
     "smoothgrad",
     "upsample",
+    "xgrad_cam",
 ]
