@@ -32,6 +32,14 @@ from jaxplain.attribution.integrated_gradients import (
     integrated_gradients_adaptive,
 )
 from jaxplain.attribution.occlusion import occlusion
+from jaxplain.attribution.perturbation import (
+    feature_ablation,
+    kernel_shap,
+    kernel_shap_coalitions,
+    shapley_permutations,
+    shapley_value_sampling,
+)
+from jaxplain.attribution.rise import rise, rise_masks, rise_masks_from
 from jaxplain.attribution.saliency import input_x_gradient, saliency
 from jaxplain.attribution.smoothgrad import smoothgrad
 
@@ -44,6 +52,7 @@ __all__ = [
     "blur",
     "completeness_gap",
     "eigen_cam",
+    "feature_ablation",
     "grad_cam",
     "grad_cam_plus_plus",
     "guided",
@@ -52,12 +61,19 @@ __all__ = [
     "input_x_gradient",
     "integrated_gradients",
     "integrated_gradients_adaptive",
+    "kernel_shap",
+    "kernel_shap_coalitions",
     "layer_cam",
     "make_baselines",
     "registry",
+    "rise",
+    "rise_masks",
+    "rise_masks_from",
     "occlusion",
     "saliency",
     "score_cam",
+    "shapley_permutations",
+    "shapley_value_sampling",
     "smoothgrad",
     "upsample",
     "xgrad_cam",
