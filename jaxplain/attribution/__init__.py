@@ -32,6 +32,7 @@ from jaxplain.attribution.integrated_gradients import (
     integrated_gradients_adaptive,
 )
 from jaxplain.attribution.occlusion import occlusion
+from jaxplain.attribution.pair import blur_ig, guided_ig, xrai, xrai_segments
 from jaxplain.attribution.perturbation import (
     feature_ablation,
     kernel_shap,
@@ -50,6 +51,7 @@ __all__ = [
     "attribute",
     "attribute_many",
     "blur",
+    "blur_ig",
     "completeness_gap",
     "eigen_cam",
     "feature_ablation",
@@ -57,6 +59,7 @@ __all__ = [
     "grad_cam_plus_plus",
     "guided",
     "guided_backprop",
+    "guided_ig",
     "hires_cam",
     "input_x_gradient",
     "integrated_gradients",
@@ -76,5 +79,7 @@ __all__ = [
     "shapley_value_sampling",
     "smoothgrad",
     "upsample",
+    "xrai",
+    "xrai_segments",
     "xgrad_cam",
 ]
