@@ -3,7 +3,8 @@
 Every classifier takes float images ``(N, H, W, C)`` in [0, 1] (NHWC) and returns logits
 ``(N, K)``; its ``forward`` is a pure function that passes through ``jax.jit`` as an argument.
 Every attribution method is ``method(forward, inputs, target, **options)``, registered by name
-(:mod:`jaxplain.attribution.registry`) for :func:`attribute`, the CLI and the report.
+(:mod:`jaxplain.attribution.registry`) for :func:`attribute`, the CLI and the report; every
+registered method is also exported here (``jaxplain.saliency``, ``jaxplain.lrp``, ...).
 """
 
 from __future__ import annotations
@@ -15,14 +16,8 @@ from jaxplain.attribution import (
     attribute,
     attribute_many,
     completeness_gap,
-    grad_cam,
-    guided_backprop,
-    input_x_gradient,
-    integrated_gradients,
     integrated_gradients_adaptive,
-    occlusion,
-    saliency,
-    smoothgrad,
+    registry,
 )
 from jaxplain.checkpoint import load_classifier, save_classifier
 from jaxplain.convert import from_torch
@@ -39,7 +34,11 @@ def shipped_checkpoint() -> pathlib.Path:
   return pathlib.Path(str(resources.files("jaxplain.checkpoints").joinpath("fer2013_cnn")))
 
 
-__all__ = [
+# Every registered attribution method, under its own name (one table: the registry).
+_METHODS = {registry.get(name).fn.__name__: registry.get(name).fn for name in registry.names()}
+globals().update(_METHODS)
+
+__all__ = sorted([
     "CLASS_NAMES",
     "CNN",
     "Classifier",
@@ -53,17 +52,10 @@ __all__ = [
     "convert",
     "evaluation",
     "from_torch",
-    "grad_cam",
-    "guided_backprop",
-    "input_x_gradient",
-    "integrated_gradients",
     "integrated_gradients_adaptive",
     "lime",
     "load_classifier",
     "maximize_activation",
-    "occlusion",
-    "saliency",
     "save_classifier",
     "shipped_checkpoint",
-    "smoothgrad",
-]
+] + list(_METHODS))

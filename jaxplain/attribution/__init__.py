@@ -13,6 +13,15 @@ from __future__ import annotations
 from jaxplain.attribution import registry
 from jaxplain.attribution.baselines import blur, make_baselines
 from jaxplain.attribution.cam import grad_cam, upsample
+from jaxplain.attribution.cams import (
+    ablation_cam,
+    eigen_cam,
+    grad_cam_plus_plus,
+    hires_cam,
+    layer_cam,
+    score_cam,
+    xgrad_cam,
+)
 from jaxplain.attribution.explain import attribute, attribute_many
 from jaxplain.attribution.guided import guided, guided_backprop
 from jaxplain.attribution.integrated_gradients import (
@@ -23,26 +32,54 @@ from jaxplain.attribution.integrated_gradients import (
     integrated_gradients_adaptive,
 )
 from jaxplain.attribution.occlusion import occlusion
+from jaxplain.attribution.pair import blur_ig, guided_ig, xrai, xrai_segments
+from jaxplain.attribution.perturbation import (
+    feature_ablation,
+    kernel_shap,
+    kernel_shap_coalitions,
+    shapley_permutations,
+    shapley_value_sampling,
+)
+from jaxplain.attribution.rise import rise, rise_masks, rise_masks_from
 from jaxplain.attribution.saliency import input_x_gradient, saliency
 from jaxplain.attribution.smoothgrad import smoothgrad
 
 __all__ = [
     "METHODS",
+    "ablation_cam",
     "approximation",
     "attribute",
     "attribute_many",
     "blur",
+    "blur_ig",
     "completeness_gap",
+    "eigen_cam",
+    "feature_ablation",
     "grad_cam",
+    "grad_cam_plus_plus",
     "guided",
     "guided_backprop",
+    "guided_ig",
+    "hires_cam",
     "input_x_gradient",
     "integrated_gradients",
     "integrated_gradients_adaptive",
+    "kernel_shap",
+    "kernel_shap_coalitions",
+    "layer_cam",
     "make_baselines",
     "registry",
+    "rise",
+    "rise_masks",
+    "rise_masks_from",
     "occlusion",
     "saliency",
+    "score_cam",
+    "shapley_permutations",
+    "shapley_value_sampling",
     "smoothgrad",
     "upsample",
+    "xrai",
+    "xrai_segments",
+    "xgrad_cam",
 ]

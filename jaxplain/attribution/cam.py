@@ -17,7 +17,7 @@ from jaxplain.attribution._common import check_call, select
 from jaxplain.models import Classifier
 from jaxplain.attribution.registry import register
 
-__all__ = ["grad_cam", "upsample", "INTERPOLATE_MODES"]
+__all__ = ["check_cam_call", "grad_cam", "upsample", "INTERPOLATE_MODES"]
 
 INTERPOLATE_MODES = ("nearest", "bilinear")
 
@@ -78,6 +78,30 @@ def _grad_cam(clf, inputs, target, *, layer, relu, interpolate_mode):
   return upsample(cam, inputs.shape[1:3], mode=interpolate_mode)
 
 
+def check_cam_call(classifier, inputs, target, *, layer, interpolate_mode, name: str):
+  """Validates a CAM call (classifier, spatial layer, mode); returns (classifier, inputs, target).
+
+  Shared by every layer-map method (:func:`grad_cam` and :mod:`jaxplain.attribution.cams`).
+  """
+  if not isinstance(classifier, Classifier):
+    raise ValueError(f"`classifier` must be a jaxplain Classifier ({name} needs its layers), "
+                     f"got {type(classifier).__name__}")
+  if not isinstance(layer, str):
+    raise ValueError(f"`layer` must be a layer name, got {layer!r}")
+  if layer not in classifier.layer_names:
+    raise ValueError(f"`layer` {layer!r} is not a layer of the classifier; valid layers: "
+                     f"{list(classifier.layer_names)}")
+  if interpolate_mode not in INTERPOLATE_MODES:
+    raise ValueError(f"`interpolate_mode` must be one of {INTERPOLATE_MODES}, "
+                     f"got {interpolate_mode!r}")
+  _, inputs, target = check_call(classifier.forward, inputs, target)
+  _, act = jax.eval_shape(classifier.tapped(layer), inputs, None)
+  if len(act.shape) != 4:
+    raise ValueError(f"`layer` {layer!r} has activations of shape {tuple(act.shape)}; {name} "
+                     "needs a spatial (N, h, w, C) layer")
+  return classifier, inputs, target
+
+
 @register("grad_cam", kind="layer", signed=False, label="Grad-CAM", classifier=True,
           layer=True, aliases=("gradcam",))
 def grad_cam(classifier: Classifier, inputs, target, *, layer: str, relu: bool = True,
@@ -101,21 +125,8 @@ def grad_cam(classifier: Classifier, inputs, target, *, layer: str, relu: bool =
   Returns:
     ``(N, H, W, 1)`` maps in the dtype of ``inputs`` (one map for all channels).
   """
-  if not isinstance(classifier, Classifier):
-    raise ValueError(f"`classifier` must be a jaxplain Classifier (Grad-CAM needs its layers), "
-                     f"got {type(classifier).__name__}")
-  if not isinstance(layer, str):
-    raise ValueError(f"`layer` must be a layer name, got {layer!r}")
-  if layer not in classifier.layer_names:
-    raise ValueError(f"`layer` {layer!r} is not a layer of the classifier; valid layers: "
-                     f"{list(classifier.layer_names)}")
-  if interpolate_mode not in INTERPOLATE_MODES:
-    raise ValueError(f"`interpolate_mode` must be one of {INTERPOLATE_MODES}, "
-                     f"got {interpolate_mode!r}")
-  _, inputs, target = check_call(classifier.forward, inputs, target)
-  _, act = jax.eval_shape(classifier.tapped(layer), inputs, None)
-  if len(act.shape) != 4:
-    raise ValueError(f"`layer` {layer!r} has activations of shape {tuple(act.shape)}; Grad-CAM "
-                     "needs a spatial (N, h, w, C) layer")
+  classifier, inputs, target = check_cam_call(classifier, inputs, target, layer=layer,
+                                              interpolate_mode=interpolate_mode,
+                                              name="Grad-CAM")
   return _grad_cam(classifier, inputs, target, layer=layer, relu=bool(relu),
                    interpolate_mode=interpolate_mode)
