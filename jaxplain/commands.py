@@ -423,16 +423,8 @@ def convert(out, cfg: ConvertConfig, *, overwrite: bool = False):
   bundled faces when it takes 48×48 input."""
   from jaxplain import checkpoint, convert as convert_lib
   checkpoint.check_output_dir(pathlib.Path(out), overwrite=overwrite, kind="checkpoint")
-  try:
-    model_args = json.loads(cfg.model_args) if cfg.model_args else {}
-  except json.JSONDecodeError as e:
-    raise ValueError(f"--model-args is not JSON ({e}): {cfg.model_args!r}") from None
-  build = getattr(convert_lib, "build_module", None)
-  if build is not None:
-    module = build(cfg.model, model_args)
-  else:
-    cls = convert_lib.import_class(cfg.model)
-    module = cls(*model_args) if isinstance(model_args, list) else cls(**model_args)
+  module = convert_lib.build_module(cfg.model, cfg.model_args)
+  model_args = json.loads(cfg.model_args) if cfg.model_args else {}
   if cfg.weights:
     convert_lib.load_torch_weights(module, cfg.weights, key=cfg.key, trusted=cfg.trusted)
   else:
