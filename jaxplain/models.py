@@ -337,18 +337,12 @@ def predict(forward, inputs, *, batch_size: int = 256):
 def map_chunks(fn, forward, inputs, size: int):
   """``fn(forward, chunk)`` over chunks of ``size`` rows of ``inputs``, concatenated as NumPy.
 
-  The last chunk is zero-padded to ``size`` (and its padding dropped from the result), so a
-  jit-compiled ``fn`` sees one shape whatever the number of rows.
+  :func:`jaxplain.batching.map_chunks` with ``forward`` bound: the last chunk is padded, so a
+  jit-compiled ``fn`` sees one shape whatever the number of rows, and with several local devices
+  each chunk is split over them.
   """
-  import numpy as np
-  outs = []
-  for i in range(0, len(inputs), size):
-    chunk = inputs[i:i + size]
-    pad = size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    outs.append(np.asarray(fn(forward, chunk))[:size - pad])
-  return np.concatenate(outs)
+  from jaxplain import batching
+  return batching.map_chunks(lambda chunk: fn(forward, chunk), (inputs,), size=size)
 
 
 def classifier(model: CNN, variables, *, class_names: Sequence[str] = CLASS_NAMES,
