@@ -40,7 +40,8 @@ def _setup():
 def _inputs(n):
   import torch
   x, t = faces(n)
-  return jax.device_put(x), jax.device_put(t), to_torch(x), torch.as_tensor(t, dtype=torch.long).to(xt_device())
+  tt = torch.as_tensor(t, dtype=torch.long).to(xt_device())
+  return jax.device_put(x), jax.device_put(t), to_torch(x), tt
 
 
 def _attribute(clf, method, x, t, **options):

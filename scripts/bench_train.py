@@ -1,4 +1,4 @@
-"""Benchmark row: training images/s at batch 128, jaxplain's step against an equivalent PyTorch loop.
+"""Benchmark row: training images/s at batch 128, jaxplain's step against a PyTorch loop.
 
 jaxplain: ``train.make_step`` (uint8 batch in, augmentation warp, Flax CNN in train mode with
 dropout and BatchNorm statistics, weighted cross-entropy, SGD + Nesterov momentum + weight decay)

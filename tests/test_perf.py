@@ -46,8 +46,8 @@ def test_fast_inference_equals_flax_layers(key, size):
   np.testing.assert_allclose(fast.apply(variables, x), flax_model.apply(variables, x),
                              rtol=1e-5, atol=1e-5)
   for guided in (False, True):  # input gradients: plain and guided ReLUs
-    grads = [jax.grad(lambda v, m=m: m.apply(variables, v, guided=guided)[jnp.arange(3), t].sum())(x)
-             for m in (fast, flax_model)]
+    grads = [jax.grad(lambda v, m=m: m.apply(variables, v, guided=guided)[jnp.arange(3), t].sum())(
+        x) for m in (fast, flax_model)]
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)
   for layer in fast.layer_names:  # every tap: activation, and the gradient at it via delta
     (l0, h0), (l1, h1) = (m.apply(variables, x, tap=layer) for m in (fast, flax_model))

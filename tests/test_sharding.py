@@ -28,8 +28,13 @@ x, t = data.to_float(faces.images[:10]), faces.labels[:10].astype(np.int32)
 """
 
 
+def _env(**extra) -> dict:
+  path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+  return {**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu", **extra}
+
+
 def _run(code: str, *args: str, env: dict | None = None, timeout: int = 240) -> str:
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", **(env or {})}
+  env = _env(**(env or {}))
   out = subprocess.run([sys.executable, "-c", _SETUP + textwrap.dedent(code), *args], env=env,
                        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -79,10 +84,14 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_write_parts_equal_to_one_process(tmp_path):
-  worker = """
+  init = textwrap.dedent("""
+      import sys, jax
       pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
       jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
-                                 process_id=pid)
+                                 process_id=pid)  # before any other JAX call
+      """)
+  worker = """
+      assert jax.process_count() == 2
       from jaxplain import sharding
       rows = sharding.process_rows(len(x))
       attr = attribution.attribute_many(clf, x[rows], t[rows], method="saliency",
@@ -91,9 +100,10 @@ def test_two_processes_write_parts_equal_to_one_process(tmp_path):
       jax.distributed.shutdown()
       """
   port = str(_free_port())
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-  procs = [subprocess.Popen([sys.executable, "-c", _SETUP + textwrap.dedent(worker), str(i),
-                             port, str(tmp_path)], env=env, cwd=ROOT,
+  env = _env()
+  code = init + _SETUP + textwrap.dedent(worker)
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(i), port, str(tmp_path)], env=env,
+                            cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
   for p in procs:
