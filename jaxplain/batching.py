@@ -54,33 +54,48 @@ def chunked_map(fn: Callable, xs, *, batch_size: int | None):
 
 
 def map_chunks(fn: Callable, arrays: Sequence, *, size: int,
-               progress: Callable[[int], None] | None = None, key=None):
+               progress: Callable[[int], None] | None = None, key=None,
+               devices: Sequence | None = None):
   """``fn(*chunk)`` (or ``fn(key_i, *chunk)``) over fixed-size chunks of host arrays.
+
+  With several devices each chunk is split over them along its rows
+  (:func:`jaxplain.sharding.shard_batch`, a 1-D mesh), so a jit-compiled ``fn`` runs on all of
+  them at once; results are those of one device.
 
   Args:
     fn: usually a jit-compiled function; it sees every chunk with the same shape.
     arrays: arrays with the same leading length N (images, targets, segments, ...).
-    size: rows per call. The last chunk is padded by repeating its first row (valid input for
-      any model and any target), and the padding is dropped from the results.
+    size: rows per call, rounded up to a multiple of the number of devices. The last chunk is
+      padded by repeating its first row (valid input for any model and any target), and the
+      padding is dropped from the results.
     progress: called with the number of real rows after each chunk.
     key: if given, ``jax.random.fold_in(key, i)`` is passed first for chunk ``i``.
+    devices: the devices to split chunks over (default: all local devices); with one device
+      chunks are passed as NumPy arrays.
 
   Returns:
     ``fn``'s outputs (a pytree of arrays) concatenated as NumPy along the leading axis.
   """
+  from jaxplain import sharding
   arrays = [np.asarray(a) for a in arrays]
   n = len(arrays[0])
   if any(len(a) != n for a in arrays):
     raise ValueError(f"arrays of different lengths {[len(a) for a in arrays]}")
   if n == 0:
     raise ValueError("no rows to process (empty batch)")
+  devices = list(jax.local_devices() if devices is None else devices)
+  mesh = sharding.batch_mesh(devices) if len(devices) > 1 else None
   size = min(check_batch_size(size, name="size", allow_none=False), n)
+  if mesh is not None:
+    size = sharding.padded_size(size, mesh.size)
   outs = []
   for i, start in enumerate(range(0, n, size)):
     chunk = [a[start:start + size] for a in arrays]
     real = len(chunk[0])
     if real < size:
       chunk = [np.concatenate([c, np.repeat(c[:1], size - real, 0)]) for c in chunk]
+    if mesh is not None:
+      chunk = sharding.shard_batch(chunk, mesh)
     args = chunk if key is None else [jax.random.fold_in(key, i)] + chunk
     out = fn(*args)
     outs.append(jax.tree.map(lambda o: np.asarray(o)[:real], out))

@@ -1,132 +1,208 @@
-"""Benchmark: jaxplain attributions against Captum on the same weights.
+"""Benchmark rows: the shipped CNN's forward and gradient attributions against PyTorch/Captum.
 
 The FER2013 CNN (the trained checkpoint when present, else the same architecture with random
-weights) in jaxplain and as a PyTorch twin (its weights copied: conv HWIO → OIHW, BatchNorm in
-eval mode), on a batch of real faces:
+weights) in jaxplain and as a PyTorch twin with the same weights (``_bench_common.torch_twin``),
+on bundled faces. Peers: the twin's forward under ``torch.no_grad``, Captum ``Saliency``,
+``IntegratedGradients`` (50 Gauss-Legendre steps, as jaxplain), ``NoiseTunnel(Saliency)``
+(SmoothGrad) and ``GuidedBackprop``.
 
-* saliency (Captum ``Saliency``),
-* integrated gradients, 50 Gauss-Legendre steps (Captum ``IntegratedGradients``).
+Chunk sizes: both sides run at their best measured setting (``--rows 'chunk*'`` reruns the
+sweeps): jaxplain's saliency over many faces goes through ``attribute_many`` in chunks of
+:data:`IMAGES_PER_BATCH` faces (per-image cost rises with the batch on a 2-core CPU, as the
+activations leave the cache), IG evaluates :data:`IG_BATCH` path points at a time.
 
-Steady-state seconds per call (median of a few calls), measured side by side in this process;
-jaxplain's compile time (first call minus steady state) is reported separately.
-
-Usage: python scripts/bench_attribution.py [--faces N] [--ig-faces N] [--reps R]
+    python scripts/bench.py --modules attribution [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
+import functools
 
 import jax
 import numpy as np
-from _bench_common import classifier as _classifier, median_seconds
+from _bench_common import Workload, classifier, faces, jax_on_gpu, row, to_torch, torch_twin
+from _bench_common import torch_device as xt_device
 
-FACES, IG_FACES, REPS = 32, 8, 3
-
-
-
-
-
-def torch_twin(clf):
-  """jaxplain's CNN as a torch module on (N, 1, H, W) [0, 1] images, same weights."""
-  import torch
-  from torch import nn
-  cfg = clf.metadata["config"]
-  p, stats = clf.variables["params"], clf.variables["batch_stats"]
-  t = lambda a: torch.as_tensor(np.array(a, np.float32))  # noqa: E731
-  layers, cin = [], 1
-  with torch.no_grad():
-    for s, (w, d) in enumerate(zip(cfg["widths"], cfg["depths"]), start=1):
-      for i in range(1, d + 1):
-        conv, bn = nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w)
-        conv.weight.copy_(t(p[f"conv{s}_{i}_conv"]["kernel"]).permute(3, 2, 0, 1))
-        bn.weight.copy_(t(p[f"conv{s}_{i}_bn"]["scale"]))
-        bn.bias.copy_(t(p[f"conv{s}_{i}_bn"]["bias"]))
-        bn.running_mean.copy_(t(stats[f"conv{s}_{i}_bn"]["mean"]))
-        bn.running_var.copy_(t(stats[f"conv{s}_{i}_bn"]["var"]))
-        layers += [conv, bn, nn.ReLU()]
-        cin = w
-      layers.append(nn.MaxPool2d(2))
-    dense, head = nn.Linear(cin, cfg["hidden"]), nn.Linear(cfg["hidden"], clf.num_classes)
-    for lin, name in ((dense, "dense"), (head, "head")):
-      lin.weight.copy_(t(p[name]["kernel"]).T)
-      lin.bias.copy_(t(p[name]["bias"]))
-  features = nn.Sequential(*layers)
-  mean, std = cfg["mean"], cfg["std"]
-
-  class Twin(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.features, self.dense, self.head = features, dense, head
-
-    def forward(self, x):
-      h = self.features((x - mean) / std).mean((2, 3))
-      return self.head(torch.relu(self.dense(h)))
-
-  return Twin().eval()
+# Best measured chunk sizes (the sweep rows): on a 2-core CPU per-image cost rises once a chunk's
+# activations leave the cache; a GPU wants whole batches.
+IMAGES_PER_BATCH = 256 if jax_on_gpu() else 32  # attribute_many's chunk (gradient methods)
+IG_BATCH = 50 if jax_on_gpu() else 10  # IG path points per chunk at N=32
+CAPTUM_IG_BATCH = None  # Captum's internal_batch_size: all points at once
 
 
-def run(report, *, faces: int = FACES, ig_faces: int = IG_FACES, reps: int = REPS) -> None:
+@functools.cache
+def _setup():
   import captum
+  clf, what = classifier()
+  return clf, what, torch_twin(clf), f"captum {captum.__version__}"
+
+
+def _inputs(n):
   import torch
-  from captum import attr as ca
-
-  from jaxplain import attribution, data
-  clf, what = _classifier()
-  twin = torch_twin(clf)
-  sample = data.sample_faces()
-  x = np.resize(data.to_float(sample.images), (faces, 48, 48, 1))
-  t = np.resize(sample.labels, faces).astype(np.int32)
-  xt = torch.as_tensor(x.transpose(0, 3, 1, 2).copy())
-  tt = torch.as_tensor(t, dtype=torch.long)
-  xj, tj = jax.device_put(x), jax.device_put(t)
-
-  def ours_sal():
-    attribution.saliency(clf.forward, xj, tj).block_until_ready()
-
-  def captum_sal():
-    ca.Saliency(twin).attribute(xt.clone().requires_grad_(), target=tt)
-
-  xi, ti, xti, tti = xj[:ig_faces], tj[:ig_faces], xt[:ig_faces], tt[:ig_faces]
-
-  def ours_ig():
-    attribution.integrated_gradients(clf.forward, xi, ti, steps=50).block_until_ready()
-
-  def captum_ig():
-    ca.IntegratedGradients(twin).attribute(xti, target=tti, n_steps=50)
-
-  with torch.no_grad():
-    err = float(np.max(np.abs(twin(xt).numpy() - np.asarray(clf.forward(xj)))))
-  for name, ours, peer, n in (("saliency", ours_sal, captum_sal, faces),
-                              ("integrated_gradients_50", ours_ig, captum_ig, ig_faces)):
-    t0 = time.perf_counter()
-    ours()
-    first = time.perf_counter() - t0
-    ours_s = median_seconds(ours, reps)
-    peer()  # warm-up
-    peer_s = median_seconds(peer, reps)
-    report(name, ours_s, peer_s, max(first - ours_s, 0.0),
-           f"{n} faces, {what}, vs Captum {captum.__version__} "
-           f"on a torch twin (max logit diff {err:.1e}); torch threads "
-           f"{torch.get_num_threads()}")
+  x, t = faces(n)
+  tt = torch.as_tensor(t, dtype=torch.long).to(xt_device())
+  return jax.device_put(x), jax.device_put(t), to_torch(x), tt
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--faces", type=int, default=FACES)
-  p.add_argument("--ig-faces", type=int, default=IG_FACES)
-  p.add_argument("--reps", type=int, default=REPS)
-  args = p.parse_args(argv)
-
-  def report(name, ours_s, peer_s, compile_s, note):
-    print(f"{name:26s} jaxplain {ours_s * 1e3:9.1f} ms  Captum {peer_s * 1e3:9.1f} ms  "
-          f"ratio {peer_s / ours_s:6.2f}x  compile {compile_s:6.2f} s  ({note})")
-
-  run(report, faces=args.faces, ig_faces=args.ig_faces, reps=args.reps)
-  return 0
+def _attribute(clf, method, x, t, **options):
+  from jaxplain import attribution
+  if len(x) <= IMAGES_PER_BATCH:
+    return attribution.attribute(clf, x, t, method=method, **options)
+  return attribution.attribute_many(clf, np.asarray(x), np.asarray(t), method=method,
+                                    images_per_batch=IMAGES_PER_BATCH, **options)
 
 
-if __name__ == "__main__":
-  sys.exit(main())
+@row("forward CNN N=256")
+def _forward(quick):
+  import torch
+  clf, what, twin, _ = _setup()
+  n = 64 if quick else 256
+  xj, _, xt, _ = _inputs(n)
+  fwd = jax.jit(lambda f, x: f(x))
+
+  def peer():
+    with torch.no_grad():
+      return twin(xt)
+  return Workload(lambda: fwd(clf.forward, xj), peer, f"torch {torch.__version__} no_grad",
+                  n, f"{what}; {n} faces, one call each")
+
+
+def _saliency_row(n):
+  def build(quick):
+    from captum.attr import Saliency
+    clf, what, twin, peer_name = _setup()
+    m = min(n, 64) if quick else n
+    xj, tj, xt, tt = _inputs(m)
+    return Workload(lambda: _attribute(clf, "saliency", xj, tj),
+                    lambda: Saliency(twin).attribute(xt.clone().requires_grad_(), target=tt),
+                    peer_name, m, f"{what}; {m} faces, jaxplain chunks of "
+                    f"{min(m, IMAGES_PER_BATCH)}")
+  return build
+
+
+row("saliency N=32")(_saliency_row(32))
+row("saliency N=256")(_saliency_row(256))
+
+
+@row("integrated_gradients 50 steps N=32")
+def _ig(quick):
+  from captum.attr import IntegratedGradients
+  clf, what, twin, peer_name = _setup()
+  n, steps = (8, 10) if quick else (32, 50)
+  xj, tj, xt, tt = _inputs(n)
+  return Workload(
+      lambda: _attribute(clf, "integrated_gradients", xj, tj, steps=steps, batch_size=IG_BATCH),
+      lambda: IntegratedGradients(twin).attribute(xt, target=tt, n_steps=steps,
+                                                  internal_batch_size=CAPTUM_IG_BATCH),
+      peer_name, n, f"{what}; {n} faces x {steps} steps, gausslegendre both; jaxplain "
+      f"batch_size={IG_BATCH}, Captum "
+      f"internal_batch_size={CAPTUM_IG_BATCH}")
+
+
+def _smoothgrad_row(n):
+  def build(quick):
+    from captum.attr import NoiseTunnel, Saliency
+    clf, what, twin, peer_name = _setup()
+    samples = 10
+    xj, tj, xt, tt = _inputs(8 if quick else n)
+    key = jax.random.key(0)
+    return Workload(
+        lambda: _attribute(clf, "smoothgrad", xj, tj, key=key, samples=samples, stdev=0.15),
+        lambda: NoiseTunnel(Saliency(twin)).attribute(
+            xt.clone().requires_grad_(), target=tt, nt_type="smoothgrad", nt_samples=samples,
+            stdevs=0.15),
+        peer_name, len(xt), f"{what}; {samples} noisy copies, stdev 0.15")
+  return build
+
+
+row("smoothgrad 10 samples N=32")(_smoothgrad_row(32))
+
+
+def _guided_row(n):
+  def build(quick):
+    from captum.attr import GuidedBackprop
+    clf, what, twin, peer_name = _setup()
+    m = min(n, 64) if quick else n
+    xj, tj, xt, tt = _inputs(m)
+    return Workload(lambda: _attribute(clf, "guided_backprop", xj, tj),
+                    lambda: GuidedBackprop(twin).attribute(xt.clone().requires_grad_(),
+                                                           target=tt),
+                    peer_name, m, f"{what}; {m} faces, jaxplain chunks of "
+                    f"{min(m, IMAGES_PER_BATCH)}")
+  return build
+
+
+row("guided_backprop N=32")(_guided_row(32))
+row("guided_backprop N=256")(_guided_row(256))
+
+
+# Sweeps (run with --rows 'chunk*'): per-image cost against the chunk size, peer fixed.
+
+def _chunk_row(size):
+  def build(quick):
+    from captum.attr import Saliency
+    from jaxplain import attribution
+    clf, what, twin, peer_name = _setup()
+    n = 256
+    xj, tj, xt, tt = _inputs(n)
+    x, t = np.asarray(xj), np.asarray(tj)
+    return Workload(
+        lambda: attribution.attribute_many(clf, x, t, method="saliency", images_per_batch=size),
+        lambda: Saliency(twin).attribute(xt.clone().requires_grad_(), target=tt),
+        peer_name, n, f"{what}; jaxplain images_per_batch={size}, Captum all 256 at once")
+  return build
+
+
+for _size in (8, 16, 32, 64, 128, 256):
+  row(f"chunk saliency N=256 images_per_batch={_size}", extra=True)(_chunk_row(_size))
+
+
+def _ig_chunk_row(size):
+  def build(quick):
+    from captum.attr import IntegratedGradients
+    clf, what, twin, peer_name = _setup()
+    xj, tj, xt, tt = _inputs(32)
+    return Workload(
+        lambda: _attribute(clf, "integrated_gradients", xj, tj, steps=50, batch_size=size),
+        lambda: IntegratedGradients(twin).attribute(xt, target=tt, n_steps=50,
+                                                    internal_batch_size=size * 32),
+        peer_name, 32, f"{what}; both {size} path points x 32 images per pass")
+  return build
+
+
+for _size in (2, 5, 10, 25, 50):
+  row(f"chunk integrated_gradients N=32 batch_size={_size}", extra=True)(_ig_chunk_row(_size))
+
+
+@row("integrated_gradients 50 steps N=32 host loop", extra=True)
+def _ig_host_loop(quick):
+  """IG as jit-compiled path chunks called from a Python loop, not a ``lax.scan`` over them.
+
+  A diagnostic: on XLA:CPU a gradient pass inside a scan body ran 2-3x slower than the same
+  pass as its own jit call, so this is what IG costs without the scan.
+  """
+  import jax.numpy as jnp
+  from captum.attr import IntegratedGradients
+
+  from jaxplain.attribution._common import target_grad
+  from jaxplain.attribution.integrated_gradients import approximation
+  clf, what, twin, peer_name = _setup()
+  n, steps = (8, 10) if quick else (32, 50)
+  xj, tj, xt, tt = _inputs(n)
+  alphas, weights = approximation("gausslegendre", steps)
+  size = min(IG_BATCH, steps)
+  pad = -steps % size
+  a = np.concatenate([alphas, np.ones(pad)]).reshape(-1, size).astype(np.float32)
+  w = np.concatenate([weights, np.zeros(pad)]).reshape(-1, size).astype(np.float32)
+
+  @jax.jit
+  def chunk(forward, x, t, a, w):
+    g = jax.vmap(lambda s: target_grad(forward, s * x, t))(a)
+    return jnp.sum(w.reshape(-1, 1, 1, 1, 1) * g, axis=0)
+
+  def ours():
+    total = sum(chunk(clf.forward, xj, tj, a[i], w[i]) for i in range(len(a)))
+    return xj * total
+  return Workload(ours, lambda: IntegratedGradients(twin).attribute(xt, target=tt, n_steps=steps),
+                  peer_name, n, f"{what}; {n} faces x {steps} steps, host loop over chunks of "
+                  f"{size} path points")

@@ -1,22 +1,22 @@
-"""Benchmark: a converted PyTorch FER CNN under jax.jit vs the same module in PyTorch (CPU).
+"""Benchmark rows: a converted PyTorch FER CNN under jax.jit vs the same module in PyTorch.
 
-Rows: forward of a batch of faces, and the input gradient of the predicted class (what saliency
+Rows: forward of 256 faces, and the input gradient of the predicted class for 32 (what saliency
 and integrated gradients need). Uses the pretrained NetworkV2 of facial_emotion_recognition 0.3.4
 when ``scripts/fetch_reference_models.py`` has fetched it, else a random twin of it.
-Run standalone: ``python scripts/bench_convert.py``.
+
+    python scripts/bench.py --modules convert [--quick]
 """
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-BATCH = 64
+from _bench_common import Workload, faces, row, torch_device
 
 
 def _twin():
@@ -40,6 +40,7 @@ def _twin():
   return NetworkV2Twin()
 
 
+@functools.cache
 def _module():
   from jaxplain import convert
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -52,58 +53,53 @@ def _module():
   return _twin().eval(), "random NetworkV2 twin (reference model not fetched)"
 
 
-def _time(fn, repeat=10):
-  fn()
-  t0 = time.perf_counter()
-  for _ in range(repeat):
-    fn()
-  return (time.perf_counter() - t0) / repeat
+@functools.cache
+def _converted():
+  import time
 
-
-def run(report):
-  import torch
-  from jaxplain import convert, data
+  from jaxplain import convert
   module, what = _module()
   t0 = time.perf_counter()
   clf = convert.from_torch(module, input_shape=(1, 48, 48), mean=0.5, std=0.5)
-  convert_s = time.perf_counter() - t0
-  faces = data.to_float(data.sample_faces().images)
-  x = np.concatenate([faces] * (BATCH // len(faces) + 1))[:BATCH]
-  xj = jnp.asarray(x)
-  xt = convert._to_torch(((x - 0.5) / 0.5).transpose(0, 3, 1, 2), torch.float32, "cpu")
+  return module.to(torch_device()), clf, f"{what}, conversion {time.perf_counter() - t0:.1f}s"
 
-  fwd = jax.jit(clf.forward)
-  t0 = time.perf_counter()
-  fwd(xj).block_until_ready()
-  compile_fwd = time.perf_counter() - t0
-  ours = _time(lambda: fwd(xj).block_until_ready())
 
-  def torch_fwd():
+def _torch_inputs(x):
+  import torch
+  return torch.as_tensor(np.ascontiguousarray(((x - 0.5) / 0.5).transpose(0, 3, 1, 2))).to(
+      torch_device())
+
+
+@row("forward NetworkV2 (converted) N=256")
+def _forward(quick):
+  import torch
+  module, clf, what = _converted()
+  n = 64 if quick else 256
+  x, _ = faces(n)
+  xj, xt = jnp.asarray(x), _torch_inputs(x)
+  fwd = jax.jit(lambda f, v: f(v))
+
+  def peer():
     with torch.no_grad():
-      module(xt)
-  peer = _time(torch_fwd)
-  report("convert: forward NetworkV2", ours, peer, compile_fwd,
-         f"{what}, batch {BATCH}, CPU; conversion itself {convert_s:.2f}s")
+      return module(xt)
+  return Workload(lambda: fwd(clf.forward, xj), peer, f"torch {torch.__version__} no_grad", n,
+                  f"{what}; {n} faces")
 
-  target = np.asarray(fwd(xj)).argmax(1)
-  grad = jax.jit(jax.grad(lambda f, v: f(v)[jnp.arange(BATCH), target].sum(), argnums=1))
-  t0 = time.perf_counter()
-  grad(clf.forward, xj).block_until_ready()
-  compile_grad = time.perf_counter() - t0
-  ours = _time(lambda: grad(clf.forward, xj).block_until_ready())
-  tt = torch.as_tensor(target)
 
-  def torch_grad():
+@row("input gradient NetworkV2 (converted) N=32")
+def _gradient(quick):
+  import torch
+  module, clf, what = _converted()
+  n = 32
+  x, _ = faces(n)
+  xj, xt = jnp.asarray(x), _torch_inputs(x)
+  target = np.asarray(clf.forward(xj)).argmax(1)
+  grad = jax.jit(jax.grad(lambda f, v: f(v)[jnp.arange(n), target].sum(), argnums=1))
+  tt = torch.as_tensor(target).to(torch_device())
+
+  def peer():
     v = xt.clone().requires_grad_(True)
     out = module(v)
-    torch.autograd.grad(out[torch.arange(BATCH), tt].sum(), v)
-  peer = _time(torch_grad)
-  report("convert: input gradient NetworkV2", ours, peer, compile_grad,
-         f"{what}, batch {BATCH}, CPU; torch autograd vs jax.grad")
-
-
-if __name__ == "__main__":
-  def _print(name, ours_s, peer_s, compile_s, note):
-    print(f"{name:36s} ours {ours_s * 1e3:8.2f} ms  torch {peer_s * 1e3:8.2f} ms  "
-          f"ratio {ours_s / peer_s:5.2f}  compile {compile_s:.2f}s  ({note})")
-  run(_print)
+    return torch.autograd.grad(out[torch.arange(n), tt].sum(), v)
+  return Workload(lambda: grad(clf.forward, xj), peer, f"torch {torch.__version__} autograd", n,
+                  what)
