@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pathlib
 
-from jaxplain import convert, lime
+from jaxplain import convert, lime, metrics
 from jaxplain.attribution import (
     completeness_gap,
     grad_cam,
@@ -53,6 +53,7 @@ __all__ = [
     "lime",
     "load_classifier",
     "maximize_activation",
+    "metrics",
     "occlusion",
     "saliency",
     "shipped_checkpoint",
