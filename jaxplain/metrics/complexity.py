@@ -25,7 +25,7 @@ def _maps(forward, inputs, target, attributions, normalise, abs):  # noqa: A002
 def _gini(a):
   n = a.shape[1]
   a = jnp.sort(a + 1e-7, axis=-1)
-  i = jnp.arange(1, n + 1, dtype=a.dtype)
+  i = jnp.arange(1, n + 1, dtype=a.dtype)[None]
   return jnp.sum((2 * i - n - 1) * a, -1) / (n * jnp.sum(a, -1))
 
 
