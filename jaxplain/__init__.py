@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pathlib
 
-from jaxplain import attribution, batching, convert, evaluation, lime
+from jaxplain import attribution, batching, convert, evaluation, lime, metrics
 from jaxplain.attribution import (
     attribute,
     attribute_many,
@@ -56,6 +56,7 @@ __all__ = sorted([
     "lime",
     "load_classifier",
     "maximize_activation",
+    "metrics",
     "save_classifier",
     "shipped_checkpoint",
 ] + list(_METHODS))
