@@ -351,9 +351,11 @@ def test_reference_faces():
 
 
 def test_default_ascent_beats_faces_on_network_v2_conv_2_3():
-  """The filters of NetworkV2's conv_2.3 that real faces beat under the old defaults (jitter to
-  the last step: 0.91×, 1.13×, 1.19× the best of 1,000 PublicTest faces)."""
-  _assert_beats_faces(_network_v2(), "conv_2.3", (43, 34, 26), reference_faces())
+  """The two filters of NetworkV2's conv_2.3 that fared worst under the old defaults (jitter to
+  the last step: 0.91× and 1.13× the best of 1,000 PublicTest faces). The bundled and synthetic
+  faces are weaker than the real ones (the old images beat them 1.18× and 1.31×): the check of
+  filter 43 against 1,000 real faces, which the old defaults fail, is the slow test below."""
+  _assert_beats_faces(_network_v2(), "conv_2.3", (43, 34), reference_faces())
 
 
 @pytest.mark.slow
@@ -369,8 +371,10 @@ def test_pretrained_torch_cnn_filters_beat_best_real_face():
   clf = _network_v2()
   layer = fv.default_layer(clf)
   assert layer == "conv_3.3"
-  csv = SHARED_CSV if SHARED_CSV.is_file() else None
-  _assert_beats_faces(clf, layer, (0, 2, 5, 8, 11), reference_faces(csv))
+  faces = reference_faces(SHARED_CSV if SHARED_CSV.is_file() else None)
+  _assert_beats_faces(clf, layer, (0, 2, 5, 8, 11), faces)
+  # Issue 18's case: with 1,000 real faces the old defaults (polish_steps=0) reach 0.91× here.
+  _assert_beats_faces(clf, "conv_2.3", (43,), faces)
 
 
 def _conv_layers(clf):
