@@ -217,7 +217,7 @@ def _grid_axes(n: int, cols: int, size: float, extra: int = 0):
 
 
 def filter_grid_figure(images, filters, *, layer: str = "", scores=None, cols: int = 8,
-                       title: str = ""):
+                       title: str = "", ratios=None):
   """The optimised input of each filter of a layer (question 2, part 1), one tile per filter.
 
   Args:
@@ -228,13 +228,21 @@ def filter_grid_figure(images, filters, *, layer: str = "", scores=None, cols: i
       real face).
     cols: tiles per row.
     title: overrides the default title.
+    ratios: optional ``(F,)`` activation of each image / that of the most activating real face
+      (``feature_vis.ratio_to_best``; NaN where undefined), printed under each tile and
+      explained in the title.
   """
   images = np.asarray(images)
   images = images[..., 0] if images.ndim == 4 else images
+  if ratios is not None:
+    scores = np.asarray(ratios, np.float64)
+    title = (title or f"inputs that maximise each filter of {layer}") + \
+        "\n(×: its activation / the best real face's)"
   fig, axes = _grid_axes(len(images), cols, 1.25)
   for i, (ax, image, f) in enumerate(zip(axes, images, filters)):
     ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     label = f"#{int(f)}" + (f"  {float(scores[i]):.2g}×" if scores is not None else "")
+    label = label.replace("nan×", "n/a")
     ax.set_title(label, fontsize=7, pad=2)
   fig.suptitle(title or f"inputs that maximise each filter of {layer}", fontsize=10)
   fig.tight_layout()

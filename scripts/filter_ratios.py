@@ -1,11 +1,17 @@
 """How much more an optimised image activates its filter than the best of 1,000 real faces.
 
-For each filter of a layer: the filter's activation (channel mean) on its gradient-ascent image,
-on the random start of that ascent, and on the most activating of the first ``--faces``
-PublicTest faces of FER2013; the two ratios; a table on stdout and a JSON file.
+For each requested filter of each requested layer: the filter's activation (channel mean, or the
+unit of a dense layer) on its gradient-ascent image (``maximize_filters`` with its defaults
+unless options are given), on the random start of that ascent, and on the most activating of the
+first ``--faces`` PublicTest faces of FER2013; the ratio optimised / best face (only where the
+best face's activation is > 0: a layer before its ReLU can have a negative best, and then only
+"beats" means something). Prints one row per filter (single layer) or one summary row per layer
+(min / median / max ratio) as a Markdown table, and writes everything to a JSON file.
 
-  python scripts/filter_ratios.py --checkpoint checkpoints/fer2013_cnn --layer conv3_2 \\
-      --filters 0:128 --json filter_ratios.json
+  # the README table: every layer of the shipped CNN and of the converted reference NetworkV2
+  python scripts/filter_ratios.py --model shipped,network_v2 --layers all --per-layer 8
+  # one layer, every filter
+  python scripts/filter_ratios.py --layers conv3_2 --filters 0:128
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ def best_real_activation(clf, layer, images_u8, *, batch_size: int = 250):
 
 
 def measure(clf, layer, filters, images_u8, *, key, progress=None, **options) -> dict:
+  """The optimised, start and best-real activations of ``filters`` of ``layer``, and ratios."""
   from jaxplain import feature_vis
+  filters = [int(f) for f in filters]
   t0 = time.perf_counter()
   best, best_index = best_real_activation(clf, layer, images_u8)
   t_real = time.perf_counter() - t0
@@ -46,66 +54,106 @@ def measure(clf, layer, filters, images_u8, *, key, progress=None, **options) ->
   start = np.asarray(feature_vis.channel_activation(clf, vis.start_images, layer))[index]
   rows = []
   for i, f in enumerate(filters):
-    rows.append({"filter": int(f), "start": float(start[i]), "optimised": float(final[i]),
+    rows.append({"filter": f, "start": float(start[i]), "optimised": float(final[i]),
                  "best_real": float(best[f]), "best_real_face": int(best_index[f]),
-                 "ratio_real": float(final[i] / best[f]) if best[f] > 0 else float("inf"),
-                 "ratio_start": float(final[i] / start[i]) if start[i] > 0 else float("inf")})
-  ratios = np.array([r["ratio_real"] for r in rows])
-  return {"layer": layer, "faces": int(len(images_u8)), "options": options,
-          "seconds": {"real_faces": t_real, "ascent": t_ascent},
-          "summary": {"filters": len(rows), "ratio_real_gt_1": int((ratios > 1).sum()),
-                      "ratio_real_min": float(ratios.min()),
-                      "ratio_real_median": float(np.median(ratios)),
-                      "ratio_real_max": float(ratios.max())},
-          "filters": rows}
+                 "beats": bool(final[i] > best[f]),
+                 "ratio_real": float(final[i] / best[f]) if best[f] > 0 else None})
+  ratios = np.array([r["ratio_real"] for r in rows if r["ratio_real"] is not None])
+  summary = {"filters": len(rows), "beats": int(sum(r["beats"] for r in rows)),
+             "with_ratio": int(ratios.size)}
+  if ratios.size:
+    summary.update(ratio_real_min=float(ratios.min()), ratio_real_median=float(np.median(ratios)),
+                   ratio_real_max=float(ratios.max()))
+  return {"layer": layer, "shape": list(feature_vis.check_layer(clf, layer)),
+          "faces": int(len(images_u8)), "options": options,
+          "seconds": {"real_faces": t_real, "ascent": t_ascent}, "summary": summary,
+          "filters": rows, "images": np.asarray(vis.images)}
+
+
+def _load(model: str, checkpoint: str):
+  from jaxplain import load_classifier
+  if model == "shipped":
+    return load_classifier(checkpoint)
+  if model == "network_v2":
+    sys.path.insert(0, str(ROOT / "tests"))
+    import reference_models
+    return reference_models.network_v2()[1]
+  raise SystemExit(f"--model: expected 'shipped' or 'network_v2', got {model!r}")
+
+
+def _fmt(v) -> str:
+  return "n/a" if v is None else f"{v:.2f}"
 
 
 def main(argv=None) -> int:
   from tqdm.auto import tqdm
 
-  from jaxplain import data, feature_vis, load_classifier
+  from jaxplain import data, feature_vis
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", default="shipped",
+                 help="comma list of 'shipped' (--checkpoint) and 'network_v2' (the converted "
+                      "reference PyTorch CNN, fetched by scripts/fetch_reference_models.py)")
   p.add_argument("--checkpoint", default=str(ROOT / "checkpoints/fer2013_cnn"))
   p.add_argument("--csv", default=str(CSV), help="Kaggle FER2013 CSV (PublicTest rows used)")
   p.add_argument("--faces", type=int, default=1000)
-  p.add_argument("--layer", help="default: a middle conv layer")
+  p.add_argument("--layers", help="comma list, or 'all' (every layer); default: a middle conv "
+                                  "layer")
   p.add_argument("--filters", default="all", help="slice (0:64) or list (1,5,9)")
-  p.add_argument("--steps", type=int, default=256)
-  p.add_argument("--fourier", action=argparse.BooleanOptionalAction, default=True)
-  p.add_argument("--jitter", type=int, default=1)
-  p.add_argument("--tv", type=float, default=0.0)
-  p.add_argument("--l2", type=float, default=0.0)
-  p.add_argument("--blur-every", type=int, default=0)
-  p.add_argument("--chunk", type=int, default=32)
+  p.add_argument("--per-layer", type=int, default=0,
+                 help="instead of --filters: this many filters per layer, drawn at random")
+  p.add_argument("--steps", type=int, help="default: maximize_activation's")
+  p.add_argument("--jitter", type=int, help="default: maximize_activation's")
+  p.add_argument("--polish-steps", type=int, help="default: maximize_activation's")
+  p.add_argument("--filters-per-batch", type=int, default=32)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", default="filter_ratios.json")
   args = p.parse_args(argv)
 
-  clf = load_classifier(args.checkpoint)
-  layer = args.layer or feature_vis.default_layer(clf)
-  filters = feature_vis.parse_filters(args.filters, feature_vis.filter_count(clf, layer))
-  faces = data.load_csv(args.csv, usage="PublicTest")
-  images = faces.images[:args.faces]
-  options = dict(steps=args.steps, fourier=args.fourier, jitter=args.jitter, tv=args.tv,
-                 l2=args.l2, blur_every=args.blur_every, chunk=args.chunk)
-  with tqdm(total=len(filters), desc=f"ascent on {layer}", unit="filter", file=sys.stderr) as bar:
-    result = measure(clf, layer, filters, images, key=jax.random.key(args.seed),
-                     progress=bar.update, **options)
-  result["checkpoint"] = str(args.checkpoint)
-  result["device"] = str(jax.devices()[0])
-  print(f"{layer}: activation (channel mean) of the optimised image vs its random start and vs "
-        f"the best of {len(images)} PublicTest faces")
-  print(f"{'filter':>6} {'start':>9} {'optimised':>10} {'best face':>10} {'x best face':>11} "
-        f"{'x start':>9}")
-  for r in result["filters"]:
-    print(f"{r['filter']:>6} {r['start']:>9.3g} {r['optimised']:>10.3g} {r['best_real']:>10.3g} "
-          f"{r['ratio_real']:>11.2f} {r['ratio_start']:>9.3g}")
-  s = result["summary"]
-  print(f"ratio to the best real face > 1 for {s['ratio_real_gt_1']}/{s['filters']} filters; "
-        f"min {s['ratio_real_min']:.2f}, median {s['ratio_real_median']:.2f}, "
-        f"max {s['ratio_real_max']:.2f} ({result['seconds']['ascent']:.0f}s of ascent on "
-        f"{result['device']})")
-  pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
+  images = data.load_csv(args.csv, usage="PublicTest").images[:args.faces]
+  options = {k: v for k, v in (("steps", args.steps), ("jitter", args.jitter),
+                               ("polish_steps", args.polish_steps)) if v is not None}
+  rng = np.random.default_rng(args.seed)
+  results = []
+  for model in args.model.split(","):
+    clf = _load(model.strip(), args.checkpoint)
+    if args.layers == "all":
+      layers = list(clf.layer_names)
+    else:
+      layers = args.layers.split(",") if args.layers else [feature_vis.default_layer(clf)]
+    for layer in layers:
+      count = feature_vis.filter_count(clf, layer)
+      if args.per_layer:
+        filters = sorted(rng.choice(count, min(args.per_layer, count), replace=False).tolist())
+      else:
+        filters = feature_vis.parse_filters(args.filters, count)
+      with tqdm(total=len(filters), desc=f"{model} {layer}", unit="filter",
+                file=sys.stderr) as bar:
+        r = measure(clf, layer, filters, images, key=jax.random.key(args.seed),
+                    progress=bar.update, filters_per_batch=args.filters_per_batch, **options)
+      r.pop("images")
+      r["model"] = model
+      results.append(r)
+      s = r["summary"]
+      print(f"{model} {layer}: beats the best face on {s['beats']}/{s['filters']} filters, "
+            f"ratio min {_fmt(s.get('ratio_real_min'))} median "
+            f"{_fmt(s.get('ratio_real_median'))} ({r['seconds']['ascent']:.0f}s)",
+            file=sys.stderr, flush=True)
+
+  print(f"\nActivation of each filter's optimised image / its best over {len(images)} "
+        f"PublicTest faces (options: {options or 'defaults'}; device {jax.devices()[0]})\n")
+  if len(results) == 1:
+    print("| filter | start | optimised | best face | × best face |\n|---:|---:|---:|---:|---:|")
+    for row in results[0]["filters"]:
+      print(f"| {row['filter']} | {row['start']:.3g} | {row['optimised']:.3g} | "
+            f"{row['best_real']:.3g} | {_fmt(row['ratio_real'])} |")
+  print("| model | layer | shape | filters | beat best face | min | median | max |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|")
+  for r in results:
+    s = r["summary"]
+    print(f"| {r['model']} | {r['layer']} | {'×'.join(map(str, r['shape']))} | {s['filters']} | "
+          f"{s['beats']}/{s['filters']} | {_fmt(s.get('ratio_real_min'))} | "
+          f"{_fmt(s.get('ratio_real_median'))} | {_fmt(s.get('ratio_real_max'))} |")
+  pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
   print(f"wrote {args.json}", file=sys.stderr)
   return 0
 
