@@ -14,7 +14,9 @@ from jaxplain.attribution import registry
 from jaxplain.attribution.baselines import blur, make_baselines
 from jaxplain.attribution.cam import grad_cam, upsample
 from jaxplain.attribution.explain import attribute, attribute_many
-from jaxplain.attribution.guided import guided, guided_backprop
+from jaxplain.attribution.deconvolution import deconvolution
+from jaxplain.attribution.deeplift import deep_lift, deep_lift_shap
+from jaxplain.attribution.guided import guided, guided_backprop, guided_grad_cam
 from jaxplain.attribution.integrated_gradients import (
     METHODS,
     approximation,
@@ -22,8 +24,15 @@ from jaxplain.attribution.integrated_gradients import (
     integrated_gradients,
     integrated_gradients_adaptive,
 )
+from jaxplain.attribution.layer import (
+    layer_conductance,
+    layer_gradient_x_activation,
+    layer_integrated_gradients,
+)
+from jaxplain.attribution.lrp import lrp
 from jaxplain.attribution.occlusion import occlusion
 from jaxplain.attribution.saliency import input_x_gradient, saliency
+from jaxplain.attribution.shap import gradient_shap
 from jaxplain.attribution.smoothgrad import smoothgrad
 
 __all__ = [
@@ -33,15 +42,24 @@ __all__ = [
     "attribute_many",
     "blur",
     "completeness_gap",
+    "deconvolution",
+    "deep_lift",
+    "deep_lift_shap",
     "grad_cam",
+    "gradient_shap",
     "guided",
     "guided_backprop",
+    "guided_grad_cam",
     "input_x_gradient",
     "integrated_gradients",
     "integrated_gradients_adaptive",
+    "layer_conductance",
+    "layer_gradient_x_activation",
+    "layer_integrated_gradients",
+    "lrp",
     "make_baselines",
-    "registry",
     "occlusion",
+    "registry",
     "saliency",
     "smoothgrad",
     "upsample",
