@@ -23,7 +23,9 @@ from jaxplain.attribution.cams import (
     xgrad_cam,
 )
 from jaxplain.attribution.explain import attribute, attribute_many
-from jaxplain.attribution.guided import guided, guided_backprop
+from jaxplain.attribution.deconvolution import deconvolution
+from jaxplain.attribution.deeplift import deep_lift, deep_lift_shap
+from jaxplain.attribution.guided import guided, guided_backprop, guided_grad_cam
 from jaxplain.attribution.integrated_gradients import (
     METHODS,
     approximation,
@@ -31,6 +33,12 @@ from jaxplain.attribution.integrated_gradients import (
     integrated_gradients,
     integrated_gradients_adaptive,
 )
+from jaxplain.attribution.layer import (
+    layer_conductance,
+    layer_gradient_x_activation,
+    layer_integrated_gradients,
+)
+from jaxplain.attribution.lrp import lrp
 from jaxplain.attribution.occlusion import occlusion
 from jaxplain.attribution.pair import blur_ig, guided_ig, xrai, xrai_segments
 from jaxplain.attribution.perturbation import (
@@ -42,9 +50,11 @@ from jaxplain.attribution.perturbation import (
 )
 from jaxplain.attribution.rise import rise, rise_masks, rise_masks_from
 from jaxplain.attribution.saliency import input_x_gradient, saliency
+from jaxplain.attribution.shap import gradient_shap
 from jaxplain.attribution.smoothgrad import smoothgrad
 
-__all__ = [
+# Helpers by name; every registered method under its own name (one table: the registry).
+__all__ = sorted({
     "METHODS",
     "ablation_cam",
     "approximation",
@@ -53,12 +63,17 @@ __all__ = [
     "blur",
     "blur_ig",
     "completeness_gap",
+    "deconvolution",
+    "deep_lift",
+    "deep_lift_shap",
     "eigen_cam",
     "feature_ablation",
     "grad_cam",
     "grad_cam_plus_plus",
+    "gradient_shap",
     "guided",
     "guided_backprop",
+    "guided_grad_cam",
     "guided_ig",
     "hires_cam",
     "input_x_gradient",
@@ -67,19 +82,23 @@ __all__ = [
     "kernel_shap",
     "kernel_shap_coalitions",
     "layer_cam",
+    "layer_conductance",
+    "layer_gradient_x_activation",
+    "layer_integrated_gradients",
+    "lrp",
     "make_baselines",
+    "occlusion",
     "registry",
     "rise",
     "rise_masks",
     "rise_masks_from",
-    "occlusion",
     "saliency",
     "score_cam",
     "shapley_permutations",
     "shapley_value_sampling",
     "smoothgrad",
     "upsample",
+    "xgrad_cam",
     "xrai",
     "xrai_segments",
-    "xgrad_cam",
-]
+} | {registry.get(name).fn.__name__ for name in registry.names()})

@@ -12,121 +12,32 @@ import inspect
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
-from jax.extend import core as jex_core
 
+from jaxplain.attribution import rules
 from jaxplain.attribution._common import check_call, target_grad
-from jaxplain.models import Classifier, _Bound, guided_relu
+from jaxplain.attribution.cam import INTERPOLATE_MODES, grad_cam
 from jaxplain.attribution.registry import register
+from jaxplain.models import Classifier, _Bound
 
-__all__ = ["guided_backprop", "guided"]
-
-
-def _is_zero_literal(v) -> bool:
-  if not isinstance(v, jex_core.Literal):
-    return False
-  try:
-    return bool(np.all(np.asarray(v.val) == 0))
-  except Exception:  # noqa: BLE001 - not a number
-    return False
-
-
-def _relu_operand(eqn):
-  """The operand ``x`` when ``eqn`` is ``max(x, 0)`` (either order), else None."""
-  if eqn.primitive.name != "max" or len(eqn.invars) != 2:
-    return None
-  a, b = eqn.invars
-  if _is_zero_literal(b) and not isinstance(a, jex_core.Literal):
-    return a
-  if _is_zero_literal(a) and not isinstance(b, jex_core.Literal):
-    return b
-  return None
-
-
-def _sub_jaxpr(eqn):
-  """An inner (closed) jaxpr that ``eqn`` calls inline (jit, custom_jvp_call, ...), if any."""
-  for name in ("jaxpr", "call_jaxpr"):
-    j = eqn.params.get(name)
-    if j is not None and (hasattr(j, "eqns") or hasattr(j, "jaxpr")):
-      return j
-  return None
-
-
-def _split(j):
-  return (j.jaxpr, j.consts) if hasattr(j, "consts") else (j, ())
-
-
-def _has_relu(jaxpr) -> bool:
-  for eqn in jaxpr.eqns:
-    if _relu_operand(eqn) is not None:
-      return True
-    sub = _sub_jaxpr(eqn)
-    if sub is not None and eqn.primitive.name not in ("custom_vjp_call",) and \
-        _has_relu(_split(sub)[0]):
-      return True
-  return False
-
-
-def _eval_guided(jaxpr, consts, *args):
-  """Evaluates ``jaxpr`` with every ``max(x, 0)`` replaced by :func:`guided_relu`.
-
-  Calls (``jit``, ``custom_jvp_call``, ...) whose body holds a ReLU are inlined and rewritten;
-  everything else is bound unchanged, so outputs are bit-identical to the original function.
-  """
-  env = {}
-
-  def read(v):
-    return v.val if isinstance(v, jex_core.Literal) else env[v]
-
-  for v, x in zip(jaxpr.constvars, consts):
-    env[v] = x
-  for v, x in zip(jaxpr.invars, args):
-    env[v] = x
-  for eqn in jaxpr.eqns:
-    operand = _relu_operand(eqn)
-    sub = _sub_jaxpr(eqn)
-    if operand is not None:
-      x = read(operand)
-      out = [guided_relu(jnp.broadcast_to(x, eqn.outvars[0].aval.shape)).astype(
-          eqn.outvars[0].aval.dtype)]
-    elif sub is not None and eqn.primitive.name in ("jit", "pjit", "closed_call", "core_call",
-                                                   "custom_jvp_call", "checkpoint", "remat") \
-        and _has_relu(_split(sub)[0]):
-      inner, inner_consts = _split(sub)
-      invals = [read(v) for v in eqn.invars]
-      if eqn.primitive.name == "custom_jvp_call":
-        invals = invals[len(invals) - len(inner.invars):]
-      out = _eval_guided(inner, inner_consts, *invals)
-    else:
-      params = eqn.primitive.get_bind_params(eqn.params)
-      ans = eqn.primitive.bind(*[read(v) for v in eqn.invars], **params)
-      out = ans if eqn.primitive.multiple_results else [ans]
-    for v, x in zip(eqn.outvars, out):
-      env[v] = x
-  return [read(v) for v in jaxpr.outvars]
+__all__ = ["guided_backprop", "guided", "guided_grad_cam"]
 
 
 @dataclasses.dataclass(frozen=True)
 class _Rewritten:
-  """``forward`` traced to a jaxpr with its ReLUs swapped for :func:`guided_relu`."""
+  """``func`` with the guided ReLU rule at every ``max(x, 0)`` of its jaxpr
+  (:func:`jaxplain.attribution.rules.modified` with :data:`~jaxplain.attribution.rules.GUIDED`).
+  """
 
   func: object
 
   def __call__(self, *args):
     *bound, x = args
-    flat, tree = jax.tree_util.tree_flatten((bound, x))
-
-    def run(*leaves):
-      bound_, x_ = jax.tree_util.tree_unflatten(tree, leaves)
-      return self.func(*bound_, x_)
-
-    closed, out_shape = jax.make_jaxpr(run, return_shape=True)(*flat)
-    if not _has_relu(closed.jaxpr):
+    forward = jax.tree_util.Partial(self.func, *bound)
+    if not rules.has_activation(forward, x):
       raise ValueError("`forward` has no ReLU (max(x, 0)) to make guided; pass a jaxplain "
                        "Classifier, its guided_forward, or a function that uses jax.nn.relu")
-    out = _eval_guided(closed.jaxpr, closed.consts, *flat)
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), out)
+    return rules.modified(forward, x, rules.GUIDED)
 
 
 def _accepts_guided(func) -> bool:
@@ -145,7 +56,8 @@ def guided(forward):
   A :class:`~jaxplain.models.Classifier` gives its ``guided_forward``; a ``Partial`` of a
   classifier's ``apply_fn`` (``classifier.forward``) is rebound with ``guided=True``; any other
   function is traced and every ``max(x, 0)`` in it (``jax.nn.relu``, ``flax.linen.relu``,
-  ``jnp.maximum(x, 0)``) becomes :func:`jaxplain.models.guided_relu`.
+  ``jnp.maximum(x, 0)``) gets the guided backward rule of :mod:`jaxplain.attribution.rules`
+  (the same rule as :func:`jaxplain.models.guided_relu`).
   """
   if isinstance(forward, Classifier):
     return forward.guided_forward
@@ -193,3 +105,37 @@ def guided_backprop(forward, inputs, target):
   forward = guided(forward)
   forward, inputs, target = check_call(forward, inputs, target)
   return _guided_backprop(forward, inputs, target)
+
+
+@register("guided_grad_cam", kind="modified-backward", signed=False, label="guided Grad-CAM",
+          classifier=True, layer=True)
+def guided_grad_cam(classifier: Classifier, inputs, target, *, layer: str,
+                    interpolate_mode: str = "nearest"):
+  """Guided Grad-CAM: guided backprop times the upsampled Grad-CAM (Captum ``GuidedGradCam``).
+
+  :func:`guided_backprop` of the classifier times :func:`~jaxplain.attribution.grad_cam` at
+  ``layer`` (with its ReLU, as Captum's ``relu_attributions=True``), upsampled to the input size
+  and broadcast over the input's channels.
+
+  Args:
+    classifier: a :class:`~jaxplain.models.Classifier` (its own CNN or a converted model).
+    inputs: float images ``(N, H, W, C)``.
+    target: int or ``(N,)`` ints.
+    layer: a spatial layer of ``classifier.layer_names``. Static.
+    interpolate_mode: ``"nearest"`` (Captum's default) or ``"bilinear"``. Static.
+
+  Returns:
+    Attributions of the shape and dtype of ``inputs``.
+
+  References:
+    Selvaraju et al., "Grad-CAM", ICCV 2017. https://arxiv.org/abs/1610.02391
+  """
+  if not isinstance(classifier, Classifier):
+    raise ValueError(f"`classifier` must be a jaxplain Classifier (Grad-CAM needs its layers), "
+                     f"got {type(classifier).__name__}")
+  if interpolate_mode not in INTERPOLATE_MODES:
+    raise ValueError(f"`interpolate_mode` must be one of {INTERPOLATE_MODES}, "
+                     f"got {interpolate_mode!r}")
+  cam = grad_cam(classifier, inputs, target, layer=layer, relu=True,
+                 interpolate_mode=interpolate_mode)
+  return guided_backprop(classifier.forward, inputs, target) * cam
