@@ -130,12 +130,22 @@ def cmd_explain(args) -> int:
   return 0
 
 
+def cmd_evaluate_explanations(args) -> int:
+  cfg = commands.MetricsConfig(
+      methods=tuple(args.methods) if args.methods else None,
+      metrics=tuple(args.metrics) if args.metrics else None, per_class=args.per_class,
+      target=args.target, lime_samples=args.lime_samples, seed=args.seed)
+  commands.evaluate_explanations(_checkpoint(args), _faces(args, "PublicTest"), args.out, cfg,
+                                 overwrite=args.overwrite)
+  return 0
+
+
 def cmd_report(args) -> int:
   from jaxplain import report, shipped_checkpoint
   cfg = report.ReportConfig(
       ig_tol=args.ig_tol, filters=args.filters, filter_layer=args.layer,
       gradcam_layer=args.gradcam_layer, lime_samples=args.lime_samples,
-      per_class=args.per_class, seed=args.seed,
+      per_class=args.per_class, seed=args.seed, trust_metrics=args.trust_metrics,
       methods=tuple(args.methods) if args.methods else report.ReportConfig.methods)
   report.check(cfg, args.out, overwrite=args.overwrite)
   clf = _checkpoint(args)
@@ -323,6 +333,21 @@ def parser() -> argparse.ArgumentParser:
   _add_common(x, out_help="write <method>.npz and <method>_NNN.png here")
   x.set_defaults(func=cmd_explain)
 
+  mc = commands.MetricsConfig()
+  m = add("evaluate-explanations", help="which explanation to trust: each attribution method "
+          "scored by faithfulness, robustness, randomisation and complexity metrics")
+  m.add_argument("--images", nargs="+", help="your photos instead of --data")
+  _add_data_args(m, split_default="PublicTest")
+  m.add_argument("--methods", nargs="+", metavar="METHOD",
+                 help="attribution methods (registered names, or lime); default: 8 methods")
+  m.add_argument("--metrics", nargs="+", metavar="METRIC", help="metrics (default: 9)")
+  m.add_argument("--per-class", type=int, default=mc.per_class, help="faces per class (0: all)")
+  _add_target(m)
+  m.add_argument("--lime-samples", type=int, default=mc.lime_samples)
+  m.add_argument("--seed", type=int, default=mc.seed)
+  _add_common(m, out_help="write metrics.md and metrics.json here")
+  m.set_defaults(func=cmd_evaluate_explanations)
+
   rc = report.ReportConfig()
   r = add("report", help="all four answers as figures and one HTML page")
   r.add_argument("--checkpoint", help="classifier directory, own or converted (default: shipped)")
@@ -341,6 +366,9 @@ def parser() -> argparse.ArgumentParser:
   r.add_argument("--ig-tol", type=float, default=rc.ig_tol,
                  help="integrated gradients: completeness tolerance of the adaptive integral")
   r.add_argument("--lime-samples", type=int, default=rc.lime_samples)
+  r.add_argument("--trust-metrics", action=argparse.BooleanOptionalAction,
+                 default=rc.trust_metrics, help="the 'Which explanation to trust?' section "
+                 "(explanation-quality metrics of every method)")
   r.add_argument("--per-class", type=int, default=rc.per_class,
                  help="faces per class for the measured maps (with --data)")
   r.add_argument("--seed", type=int, default=rc.seed)

@@ -21,9 +21,10 @@ import numpy as np
 
 from jaxplain import data as data_lib
 
-__all__ = ["EvaluateConfig", "ExplainConfig", "FiltersConfig", "LimeConfig", "TARGETS",
-           "check_positive", "evaluate", "explain", "filters", "lime", "per_class",
-           "progress_bar", "targets_for"]
+__all__ = ["ConvertConfig", "EvaluateConfig", "ExplainConfig", "FiltersConfig", "LimeConfig",
+           "MetricsConfig", "TARGETS", "check_output", "check_positive", "convert", "evaluate",
+           "evaluate_explanations", "explain", "filters", "lime", "load_faces", "per_class",
+           "progress_bar", "targets_for", "train"]
 
 log = logging.getLogger("jaxplain")
 
@@ -445,3 +446,53 @@ def convert(out, cfg: ConvertConfig, *, overwrite: bool = False):
     print(f"on {diff['n']} bundled FER2013 faces: max |torch - jax| = "
           f"{diff['max_abs_diff']:.3g}, predictions agree on {diff['argmax_agree']}/{diff['n']}")
   return clf
+
+
+# ----------------------------------------------------------------- evaluate-explanations
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+  """``jaxplain evaluate-explanations``: which explanation to trust, as a metrics table."""
+
+  methods: tuple[str, ...] | None = None  # default: metrics.evaluate.DEFAULT_METHODS
+  metrics: tuple[str, ...] | None = None  # default: metrics.evaluate.DEFAULT_METRICS
+  per_class: int = 2
+  target: str = "true"
+  lime_samples: int = 300
+  seed: int = 0
+
+
+def evaluate_explanations(clf, faces, out, cfg: MetricsConfig = MetricsConfig(), *,
+                          overwrite: bool = False):
+  """Scores each attribution method under each explanation-quality metric
+  (:func:`jaxplain.metrics.evaluate_methods`); writes ``metrics.json`` and ``metrics.md``."""
+  import jax
+
+  from jaxplain.metrics import evaluate as metrics_eval
+  methods = tuple(cfg.methods or metrics_eval.DEFAULT_METHODS)
+  metric_names = tuple(cfg.metrics or metrics_eval.DEFAULT_METRICS)
+  metrics_eval._check_names(methods, metric_names)
+  check_positive("per-class", cfg.per_class, zero=True)
+  check_positive("lime-samples", cfg.lime_samples)
+  check_target(cfg.target)
+  check_output(out, overwrite)
+  faces = per_class(_load(faces), clf.num_classes, cfg.per_class)
+  images = data_lib.to_float(faces.images)
+  targets = targets_for(faces, clf.predict(images).argmax(-1), cfg.target)
+  with progress_bar(len(methods) * len(metric_names), "metrics", unit="cell") as bar:
+    table = metrics_eval.evaluate_methods(clf, images, targets, methods=methods,
+                                          metrics=metric_names, key=jax.random.key(cfg.seed),
+                                          progress=bar.update, lime_samples=cfg.lime_samples)
+  markdown = table.to_markdown()
+  with _output(out, overwrite) as tmp:
+    (tmp / "metrics.md").write_text(markdown + "\n")
+    (tmp / "metrics.json").write_text(json.dumps({
+        "faces": len(images), "source": faces.source, "config": dataclasses.asdict(cfg),
+        "methods": list(methods), "metrics": list(metric_names),
+        "mean": table.mean().tolist(), "std": table.std().tolist(),
+        "scores": {f"{m}/{k}": np.asarray(v).tolist() for (m, k), v in table.scores.items()}},
+        indent=1, allow_nan=True))
+  print(markdown)
+  log.info(f"wrote metrics.md and metrics.json to {out}")
+  return table

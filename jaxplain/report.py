@@ -58,6 +58,7 @@ class ReportConfig:
   filter_layer: str | None = None  # default: feature_vis.default_layer
   filters: int = 16
   filter_steps: int = 256
+  trust_metrics: bool = True  # the "Which explanation to trust?" section
   lime_samples: int = 1000
   lime_per_class: int = 2  # faces per class explained with LIME
   per_class: int = 50  # faces per class for the measured maps (with data)
@@ -209,6 +210,8 @@ def report(clf: Classifier, faces: data_lib.Faces, out: str | os.PathLike, *,
         section_filters(clf, shown, tmp, config, jax.random.fold_in(key, 2), log),
         section_lime(clf, faces, measure, tmp, config, jax.random.fold_in(key, 3), log),
         section_integrated_gradients(clf, shown, tmp, config, log)]
+    if config.trust_metrics:
+      sections.append(section_trust(clf, shown, tmp, config, jax.random.fold_in(key, 5), log))
     if measure is not None:
       sections.append(_measured(clf, measure, tmp, config, jax.random.fold_in(key, 4), log))
     viz.write_report_html(tmp / "index.html", sections, title="jaxplain report",
@@ -376,6 +379,37 @@ def section_integrated_gradients(clf, shown, out, cfg, log) -> dict:
                 "rows": [[n, f"{d:.4f}", f"{d + g:.4f}", f"{g:+.2e}",
                           f"{abs(g) / max(abs(d), 1e-12):.2%}", str(int(s))]
                          for n, d, g, s in zip(row_names, diff, gaps, steps)]}}
+
+
+def section_trust(clf, shown, out, cfg, key, log) -> dict:
+  """Which explanation to trust: each method of question 1 (and native LIME) scored on the
+  shown faces by the explanation-quality metrics of :mod:`jaxplain.metrics`."""
+  from jaxplain.metrics import evaluate as metrics_eval
+  images, targets, _ = shown
+  methods = tuple(dict.fromkeys(cfg.methods + ("input_x_gradient", "occlusion", "lime")))
+  metrics = metrics_eval.DEFAULT_METRICS
+  _stage(log, f"which explanation to trust: {len(methods)} methods x {len(metrics)} metrics on "
+         f"{len(targets)} faces")
+  t0 = time.time()
+  table = metrics_eval.evaluate_methods(clf, data_lib.to_float(images), np.asarray(targets),
+                                        methods=methods, metrics=metrics, key=key,
+                                        lime_samples=min(cfg.lime_samples, 300))
+  log(f"  {time.time() - t0:.1f}s")
+  mean, std = table.mean(), table.std()
+  head = [metrics_eval.METRICS[k].label + {True: " ↑", False: " ↓", None: ""}[
+      metrics_eval.METRICS[k].higher_is_better] for k in metrics]
+  rows = [[m] + [f"{mean[i, j]:.3f} ± {std[i, j]:.3f}" for j in range(len(metrics))]
+          for i, m in enumerate(methods)]
+  rows.append(["best"] + [table.best(k) or "–" for k in metrics])
+  return {"title": "Which explanation to trust?",
+          "text": "Each method scored on the faces above by explanation-quality metrics "
+                  "(jaxplain.metrics, equal to Quantus 0.6): deletion/insertion AUC of the "
+                  "class probability as the most attributed pixels are removed/added, "
+                  "faithfulness correlation, max-sensitivity to input noise, the rank "
+                  "correlation left after randomising the model's weights (sanity check: "
+                  "lower is better), random-logit similarity, sparseness, complexity and the "
+                  "share in the eye band. ↑: higher is better, ↓: lower is better.",
+          "table": {"columns": ["method"] + head, "rows": rows}}
 
 
 def _measured(clf, measure, out, cfg, key, log):

@@ -513,6 +513,8 @@ def write_report_html(path, sections, *, title: str, model: dict, settings: dict
            f"<h1>{esc(title)}</h1>", "<h2>Model</h2>", _table(["", ""], model.items())]
   for s in sections:
     parts.append(f"<h2>{esc(s['title'])}</h2>")
+    if s.get("text"):
+      parts.append(f"<p>{esc(s['text'])}</p>")
     for src, caption in s.get("figures", []):
       parts.append(f"<figure><img src='{esc(src)}' alt='{esc(caption[:80])}' "
                    "onload=\"this.dataset.loaded='1'\" onerror=\"this.dataset.broken='1'\">"
