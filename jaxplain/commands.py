@@ -379,15 +379,16 @@ def train(data_path: str, out: str | None, config, *, train_split: str = "Traini
   from jaxplain import checkpoint, evaluation, train as train_lib
   if out:
     checkpoint.check_output_dir(pathlib.Path(out), overwrite=overwrite, kind="checkpoint")
+  if run_dir:
+    checkpoint.check_run_dir(run_dir, resume=resume, fresh=fresh)
   t0 = time.time()
   faces = data_lib.load(data_path, skip_bad=skip_bad)
   log.info(f"read {len(faces)} faces from {data_path} in {time.time() - t0:.1f}s"
            + (f" ({faces.skipped} malformed rows skipped)" if faces.skipped else ""))
   train_set = faces.split(train_split)
   val_set = faces.split(val_split) if val_split else None
-  fit_options = {"fresh": True} if fresh else {}
-  clf = train_lib.fit(train_set, val_set, config, run_dir=run_dir, resume=resume,
-                      stop_after=stop_after, log=log.info, **fit_options)
+  clf = train_lib.fit(train_set, val_set, config, run_dir=run_dir, resume=resume, fresh=fresh,
+                      stop_after=stop_after, log=log.info)
   if out:
     extra = {}
     if val_set is not None:
