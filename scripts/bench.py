@@ -140,6 +140,14 @@ def main(argv=None) -> int:
         f"{'quick' if args.quick else 'full'})", flush=True)
   results = []
   t0 = time.time()
+
+  def record():  # after every row, so a run cut short by a timeout keeps what it measured
+    if args.json:
+      path = pathlib.Path(args.json)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(json.dumps({"environment": env, "rounds": rounds, "quick": args.quick,
+                                  "rows": results}, indent=1))
+
   for r in rows:
     try:
       work = r.build(args.quick)
@@ -147,20 +155,18 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001 - one broken row must not lose the others
       print(f"{r.name:<40s} FAILED: {type(e).__name__}: {e}", flush=True)
       results.append({"row": r.name, "area": r.area, "error": f"{type(e).__name__}: {e}"})
+      record()
       continue
     results.append({"row": r.name, "area": r.area, **result})
     print_row(r.name, result)
+    record()
   for module in legacy if not args.rows else ():
     _legacy(module, results)
   env["loadavg_at_end"] = list(os.getloadavg())
   env["wall_s"] = time.time() - t0
   print(f"-- {len(results)} rows in {env['wall_s']:.0f}s; load at end {env['loadavg_at_end']}",
         flush=True)
-  if args.json:
-    path = pathlib.Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"environment": env, "rounds": rounds, "quick": args.quick,
-                                "rows": results}, indent=1))
+  record()
   return 1 if any("error" in r for r in results) else 0
 
 
