@@ -70,7 +70,7 @@ def print_row(name: str, r: dict) -> None:
   ratio = (f"x{r['ratio']['median']:5.2f} [{r['ratio']['iqr']:4.2f}]" if "ratio" in r
            else " " * 14)
   per = r["ours_s"]["median"] / max(r["items"], 1) * 1e3
-  print(f"{name:<40s} {_ms(r['ours_s'])} {peer} {ratio} {r['compile_s']:6.1f} {per:8.2f}"
+  print(f"{name:<46s} {_ms(r['ours_s'])} {peer} {ratio} {r['compile_s']:6.1f} {per:8.2f}"
         f"  {r['peer_name']}; {r['note']}", flush=True)
 
 
@@ -135,32 +135,38 @@ def main(argv=None) -> int:
   print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
   if skipped:
     print(f"(no scripts/bench_{{{','.join(skipped)}}}.py: skipped)", flush=True)
-  print(f"{'row':<40s} {'jaxplain ms ±IQR':>18s} {'peer ms ±IQR':>18s} {'peer/jaxplain':>14s} "
+  print(f"{'row':<46s} {'jaxplain ms ±IQR':>18s} {'peer ms ±IQR':>18s} {'peer/jaxplain':>14s} "
         f"{'comp s':>6s} {'ms/item':>8s}  peer; note ({rounds} rounds, "
         f"{'quick' if args.quick else 'full'})", flush=True)
   results = []
   t0 = time.time()
+
+  def record():  # after every row, so a run cut short by a timeout keeps what it measured
+    if args.json:
+      path = pathlib.Path(args.json)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(json.dumps({"environment": env, "rounds": rounds, "quick": args.quick,
+                                  "rows": results}, indent=1))
+
   for r in rows:
     try:
       work = r.build(args.quick)
       result = common.measure(work, rounds)
     except Exception as e:  # noqa: BLE001 - one broken row must not lose the others
-      print(f"{r.name:<40s} FAILED: {type(e).__name__}: {e}", flush=True)
+      print(f"{r.name:<46s} FAILED: {type(e).__name__}: {e}", flush=True)
       results.append({"row": r.name, "area": r.area, "error": f"{type(e).__name__}: {e}"})
+      record()
       continue
     results.append({"row": r.name, "area": r.area, **result})
     print_row(r.name, result)
+    record()
   for module in legacy if not args.rows else ():
     _legacy(module, results)
   env["loadavg_at_end"] = list(os.getloadavg())
   env["wall_s"] = time.time() - t0
   print(f"-- {len(results)} rows in {env['wall_s']:.0f}s; load at end {env['loadavg_at_end']}",
         flush=True)
-  if args.json:
-    path = pathlib.Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"environment": env, "rounds": rounds, "quick": args.quick,
-                                "rows": results}, indent=1))
+  record()
   return 1 if any("error" in r for r in results) else 0
 
 

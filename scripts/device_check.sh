@@ -43,9 +43,11 @@ if [ "$DRY" = "--dry-run" ]; then
   export JAX_PLATFORMS=cpu
   BENCH_ARGS=(--quick)
   FULL_ROWS="saliency N=32,forward CNN*"
+  QUICK_ROWS="filter*,lime 64*"
 else
   BENCH_ARGS=(--rounds 3)
   FULL_ROWS="forward*,input gradient*,saliency*,integrated_gradients*,smoothgrad*,guided*,training*"
+  QUICK_ROWS="filter*,lime 64*,chunk saliency*"
 fi
 # -P: do not put the repository on sys.path, so the installed jaxplain (with its checkpoint) runs.
 RUN=("$PY" -P)
@@ -69,8 +71,7 @@ timeout $(( $(left) * 2 / 3 )) "${RUN[@]}" scripts/bench.py "${BENCH_ARGS[@]}" -
   --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
 log "bench exit $?"
 log "benchmark: chunk-size sweeps, filter ascent and LIME (quick sizes)"
-timeout $(( $(left) - 10 )) "${RUN[@]}" scripts/bench.py --quick \
-  --rows "filter*,lime 64*$([ "$DRY" = "--dry-run" ] || echo ',chunk saliency*')" \
+timeout $(( $(left) - 10 )) "${RUN[@]}" scripts/bench.py --quick --rows "$QUICK_ROWS" \
   --json "$OUT/bench_quick.json" > "$OUT/bench_quick.log" 2>&1
 log "quick bench exit $?"
 grep -v "^WARNING\|^I0000\|^W0000" "$OUT/bench.log" "$OUT/bench_quick.log" | tee -a "$OUT/device_check.log"
