@@ -140,17 +140,18 @@ def predict_target(forward, x, target, softmax: bool):
   return select(out, target)
 
 
-def auto_steps(fn, inputs, steps: int, batch_size: int | None) -> int:
-  """How many perturbed copies of each image to evaluate in one call of ``fn`` (a model's
-  forward, or an attribution method) on the whole batch.
+def auto_steps(fn, inputs, steps: int, batch_size: int | None, *args) -> int:
+  """How many perturbed copies of each image to evaluate in one call of ``fn(inputs, *args)``
+  (a model's forward, or an attribution method) on the whole batch.
 
   ``batch_size`` given: that many (at most ``steps``). ``None``: as many as fit
-  :data:`jaxplain.batching.DEFAULT_BUDGET` bytes of ``fn``'s activations on ``inputs``.
+  :data:`jaxplain.batching.DEFAULT_BUDGET` bytes of ``fn``'s activations on ``inputs`` (read off
+  its jaxpr; ``args`` are traced too, so array options stay abstract).
   """
   if batch_size is not None:
     return int(min(check_positive(batch_size, "batch_size"), steps))
   x = jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
-  per_copy = batching.activation_bytes(lambda v: fn(v), x)
+  per_copy = batching.activation_bytes(lambda v, *a: fn(v, *a), x, *args)
   return batching.auto_batch_size(per_copy, steps)
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from jaxplain import lime as lime_lib
 from jaxplain.attribution import registry
 from jaxplain.attribution.explain import attribute, method_options
-from jaxplain.metrics import (axiomatic, complexity as complexity_lib, faithfulness,
+from jaxplain.metrics import complexity_family as complexity_lib
+from jaxplain.metrics import (axiomatic, faithfulness,
                               localisation, randomisation, robustness)
 from jaxplain.models import Classifier, check_images
 

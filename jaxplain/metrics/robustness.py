@@ -70,8 +70,8 @@ def _run(name, forward, inputs, target, attributions, *, method, key, nr_samples
     if noise.ndim != 5 or noise.shape[1:] != inputs.shape:
       raise ValueError(f"`noise` must have shape (nr_samples,) + {tuple(inputs.shape)}, got "
                        f"{tuple(noise.shape)}")
-  size = auto_steps(lambda v: call_method(method, model, v, target, static, dynamic), inputs,
-                    noise.shape[0], batch_size)
+  size = auto_steps(lambda v, tt, dyn: call_method(method, model, v, tt, static, dyn), inputs,
+                    noise.shape[0], batch_size, target, dynamic)
   scores = _sensitivities(model, inputs, target, attributions, noise, dynamic, method=method,
                           static=static, kind=kind, normalise=bool(normalise), abs=bool(abs),
                           nan_on_change=bool(nan_on_change), batch_size=size)
