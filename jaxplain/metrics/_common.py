@@ -63,7 +63,8 @@ def check_metric_call(forward, inputs, target, attributions=None, *, need_attrib
   if len(shape) == 3:
     attributions = jnp.asarray(attributions)[..., None]
     shape = tuple(attributions.shape)
-  if len(shape) != 4 or shape[:3] != tuple(inputs.shape[:3]) or shape[3] not in (1, inputs.shape[3]):
+  if (len(shape) != 4 or shape[:3] != tuple(inputs.shape[:3])
+      or shape[3] not in (1, inputs.shape[3])):
     raise ValueError(f"`attributions` shape {shape} != `inputs` shape {tuple(inputs.shape)} "
                      "(or (N, H, W) / (N, H, W, 1))")
   if not jnp.issubdtype(attributions.dtype, jnp.floating):

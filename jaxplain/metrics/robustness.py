@@ -161,7 +161,10 @@ def local_lipschitz_estimate(forward, inputs, target, attributions=None, *, meth
   References:
     Alvarez-Melis & Jaakkola, "On the Robustness of Interpretability Methods", 2018.
   """
-  draw = lambda k, shape, dtype: perturb_mean + perturb_std * jax.random.normal(k, shape, dtype)  # noqa: E731
+
+  def draw(k, shape, dtype):
+    return perturb_mean + perturb_std * jax.random.normal(k, shape, dtype)
+
   return _run("local_lipschitz_estimate", forward, inputs, target, attributions, method=method,
               key=key, nr_samples=nr_samples, draw=draw, kind="lipschitz", normalise=normalise,
               abs=abs, method_options=method_options, noise=noise,
