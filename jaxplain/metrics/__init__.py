@@ -9,7 +9,7 @@ metric of the same name (its option names and defaults; its docstring says where
 fixed-size chunks inside one jit-compiled function.
 
 Families: :mod:`~jaxplain.metrics.faithfulness`, :mod:`~jaxplain.metrics.robustness`,
-:mod:`~jaxplain.metrics.randomisation`, :mod:`~jaxplain.metrics.complexity`,
+:mod:`~jaxplain.metrics.randomisation`, :mod:`~jaxplain.metrics.complexity_family`,
 :mod:`~jaxplain.metrics.axiomatic`, :mod:`~jaxplain.metrics.localisation`;
 :func:`evaluate_methods` builds the per-method table of the report.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from jaxplain.metrics._common import Curve, auc, pearson, spearman, ssim
 from jaxplain.metrics.axiomatic import completeness_gap, input_invariance, non_sensitivity
-from jaxplain.metrics.complexity import complexity, effective_complexity, sparseness
+from jaxplain.metrics.complexity_family import complexity, effective_complexity, sparseness
 from jaxplain.metrics.evaluate import (METRICS, Table, deletion_curves, evaluate_methods,
                                        sanity_check)
 from jaxplain.metrics.faithfulness import (faithfulness_correlation, infidelity, insertion,

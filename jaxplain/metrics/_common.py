@@ -63,7 +63,8 @@ def check_metric_call(forward, inputs, target, attributions=None, *, need_attrib
   if len(shape) == 3:
     attributions = jnp.asarray(attributions)[..., None]
     shape = tuple(attributions.shape)
-  if len(shape) != 4 or shape[:3] != tuple(inputs.shape[:3]) or shape[3] not in (1, inputs.shape[3]):
+  if (len(shape) != 4 or shape[:3] != tuple(inputs.shape[:3])
+      or shape[3] not in (1, inputs.shape[3])):
     raise ValueError(f"`attributions` shape {shape} != `inputs` shape {tuple(inputs.shape)} "
                      "(or (N, H, W) / (N, H, W, 1))")
   if not jnp.issubdtype(attributions.dtype, jnp.floating):
@@ -140,17 +141,18 @@ def predict_target(forward, x, target, softmax: bool):
   return select(out, target)
 
 
-def auto_steps(fn, inputs, steps: int, batch_size: int | None) -> int:
-  """How many perturbed copies of each image to evaluate in one call of ``fn`` (a model's
-  forward, or an attribution method) on the whole batch.
+def auto_steps(fn, inputs, steps: int, batch_size: int | None, *args) -> int:
+  """How many perturbed copies of each image to evaluate in one call of ``fn(inputs, *args)``
+  (a model's forward, or an attribution method) on the whole batch.
 
   ``batch_size`` given: that many (at most ``steps``). ``None``: as many as fit
-  :data:`jaxplain.batching.DEFAULT_BUDGET` bytes of ``fn``'s activations on ``inputs``.
+  :data:`jaxplain.batching.DEFAULT_BUDGET` bytes of ``fn``'s activations on ``inputs`` (read off
+  its jaxpr; ``args`` are traced too, so array options stay abstract).
   """
   if batch_size is not None:
     return int(min(check_positive(batch_size, "batch_size"), steps))
   x = jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
-  per_copy = batching.activation_bytes(lambda v: fn(v), x)
+  per_copy = batching.activation_bytes(lambda v, *a: fn(v, *a), x, *args)
   return batching.auto_batch_size(per_copy, steps)
 
 

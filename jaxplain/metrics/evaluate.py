@@ -18,7 +18,8 @@ import numpy as np
 from jaxplain import lime as lime_lib
 from jaxplain.attribution import registry
 from jaxplain.attribution.explain import attribute, method_options
-from jaxplain.metrics import (axiomatic, complexity as complexity_lib, faithfulness,
+from jaxplain.metrics import complexity_family as complexity_lib
+from jaxplain.metrics import (axiomatic, faithfulness,
                               localisation, randomisation, robustness)
 from jaxplain.models import Classifier, check_images
 
@@ -173,8 +174,8 @@ class Table:
 
   def to_markdown(self, digits: int = 3) -> str:
     """The table as Markdown: ``mean ± std``, the best method of each column in bold."""
-    heads = [f"{METRICS[k].label} {'↑' if METRICS[k].higher_is_better else '↓' if METRICS[k].higher_is_better is False else ''}".strip()
-             for k in self.metrics]
+    arrows = {True: " ↑", False: " ↓", None: ""}
+    heads = [METRICS[k].label + arrows[METRICS[k].higher_is_better] for k in self.metrics]
     lines = ["| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     mean, std = self.mean(), self.std()
     for i, m in enumerate(self.methods):

@@ -221,7 +221,8 @@ def _similar(a, b, *, kind):
   return similarity(a, b, kind)
 
 
-def _prepare(method, classifier, inputs, target, attributions, method_options, abs, normalise):  # noqa: A002
+def _prepare(method, classifier, inputs, target, attributions, method_options,
+             abs, normalise):  # noqa: A002
   method = check_method(method)
   if not isinstance(classifier, Classifier):
     raise ValueError(f"`classifier` must be a jaxplain Classifier (its weights are randomised), "

@@ -70,8 +70,8 @@ def _run(name, forward, inputs, target, attributions, *, method, key, nr_samples
     if noise.ndim != 5 or noise.shape[1:] != inputs.shape:
       raise ValueError(f"`noise` must have shape (nr_samples,) + {tuple(inputs.shape)}, got "
                        f"{tuple(noise.shape)}")
-  size = auto_steps(lambda v: call_method(method, model, v, target, static, dynamic), inputs,
-                    noise.shape[0], batch_size)
+  size = auto_steps(lambda v, tt, dyn: call_method(method, model, v, tt, static, dyn), inputs,
+                    noise.shape[0], batch_size, target, dynamic)
   scores = _sensitivities(model, inputs, target, attributions, noise, dynamic, method=method,
                           static=static, kind=kind, normalise=bool(normalise), abs=bool(abs),
                           nan_on_change=bool(nan_on_change), batch_size=size)
@@ -161,7 +161,10 @@ def local_lipschitz_estimate(forward, inputs, target, attributions=None, *, meth
   References:
     Alvarez-Melis & Jaakkola, "On the Robustness of Interpretability Methods", 2018.
   """
-  draw = lambda k, shape, dtype: perturb_mean + perturb_std * jax.random.normal(k, shape, dtype)  # noqa: E731
+
+  def draw(k, shape, dtype):
+    return perturb_mean + perturb_std * jax.random.normal(k, shape, dtype)
+
   return _run("local_lipschitz_estimate", forward, inputs, target, attributions, method=method,
               key=key, nr_samples=nr_samples, draw=draw, kind="lipschitz", normalise=normalise,
               abs=abs, method_options=method_options, noise=noise,
