@@ -364,3 +364,9 @@ def test_lrp_equals_zennit(pair, face_batch, name):
   # float32 LRP-ε with ε = 1e-6 divides by near-zero outputs: rounding is amplified
   tol = 2e-3 if (pair.dtype == "float32" and name == "epsilon") else None
   check(ours, nhwc(ref), pair, tol=tol)
+
+
+def test_deconvolution_without_relu_raises(face_batch):
+  x, t = face_batch
+  with pytest.raises(ValueError, match="no ReLU"):
+    A.deconvolution(_linear_forward, x, t % 3)
