@@ -19,6 +19,9 @@ __all__ = ["deconvolution"]
 
 @jax.jit
 def _deconvolution(forward, inputs, target):
+  if not rules.has_activation(forward, inputs):  # at trace time: once per compilation
+    raise ValueError("`forward` has no ReLU (max(x, 0)); deconvolution would equal the gradient")
+
   def total(x):
     return jnp.sum(select(rules.modified(forward, x, rules.DECONVOLUTION), target))
   return jax.grad(total)(inputs)
@@ -46,6 +49,4 @@ def deconvolution(forward, inputs, target):
     ValueError: bad inputs or target, or a ``forward`` without any ReLU.
   """
   forward, inputs, target = check_call(forward, inputs, target)
-  if not rules.has_activation(forward, inputs):
-    raise ValueError("`forward` has no ReLU (max(x, 0)); deconvolution would equal the gradient")
   return _deconvolution(forward, inputs, target)

@@ -44,6 +44,7 @@ def _multipliers(forward, inputs, target, reference, ruleset):
 
 @functools.partial(jax.jit, static_argnames=("ruleset",))
 def _deep_lift(forward, inputs, target, baselines, *, ruleset):
+  _check_forward(forward, inputs)  # at trace time: once per compilation
   return (inputs - baselines) * _multipliers(forward, inputs, target, baselines, ruleset)
 
 
@@ -88,7 +89,6 @@ def deep_lift(forward, inputs, target, *, baselines=None, max_pool_rule: str = "
   forward, inputs, target = check_call(forward, inputs, target)
   ruleset = _ruleset(max_pool_rule)
   b = make_baselines(inputs, baselines, key=key)
-  _check_forward(forward, inputs)
   return _deep_lift(forward, inputs, target, b, ruleset=ruleset)
 
 
@@ -146,6 +146,5 @@ def deep_lift_shap(forward, inputs, target, *, baselines=None, max_pool_rule: st
   ruleset = _ruleset(max_pool_rule)
   background = shap_baselines(inputs, baselines)
   batch_size = batching.check_batch_size(batch_size)
-  _check_forward(forward, inputs)
   return _deep_lift_shap(forward, inputs, target, background, ruleset=ruleset,
                          batch_size=batch_size)

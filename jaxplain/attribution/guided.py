@@ -11,7 +11,6 @@ import dataclasses
 import inspect
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxplain.attribution import rules
