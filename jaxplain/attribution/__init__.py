@@ -17,6 +17,7 @@ from jaxplain.attribution.explain import attribute, attribute_many
 from jaxplain.attribution.guided import guided, guided_backprop
 from jaxplain.attribution.integrated_gradients import (
     METHODS,
+    RULES,
     approximation,
     completeness_gap,
     integrated_gradients,
@@ -28,6 +29,7 @@ from jaxplain.attribution.smoothgrad import smoothgrad
 
 __all__ = [
     "METHODS",
+    "RULES",
     "approximation",
     "attribute",
     "attribute_many",
