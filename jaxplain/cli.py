@@ -230,7 +230,7 @@ def cmd_explain(args) -> int:
   predictions = clf.predict(images).argmax(-1)
   targets = faces.labels if args.target == "true" and known else predictions
   options = {"saliency": {}, "smoothgrad": {"samples": args.samples, "stdev": args.stdev},
-             "ig": {"steps": args.steps, "method": args.rule, "batch_size": args.batch_size,
+             "ig": {"steps": args.steps, "rule": args.rule, "batch_size": args.batch_size,
                     "baselines": args.baseline},
              "guided": {}, "occlusion": {"window": args.window, "stride": args.stride},
              "gradcam": {"layer": args.layer} if args.layer else {}}[args.method]

@@ -119,7 +119,7 @@ def attribution_methods(clf: Classifier, cfg: ReportConfig, *, ig_steps: int | N
       "smoothgrad": jax.jit(lambda k, x, t: attribution.smoothgrad(
           forward, x, t, key=k, samples=cfg.smoothgrad_samples, stdev=cfg.smoothgrad_stdev)),
       "integrated gradients": jax.jit(lambda k, x, t: attribution.integrated_gradients(
-          forward, x, t, steps=steps, method=cfg.ig_method)),
+          forward, x, t, steps=steps, rule=cfg.ig_method)),
       f"Grad-CAM ({layer})": jax.jit(lambda k, x, t: attribution.grad_cam(
           clf, x, t, layer=layer)),
       "guided backprop": jax.jit(lambda k, x, t: attribution.guided_backprop(forward, x, t)),

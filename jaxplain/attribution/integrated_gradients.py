@@ -205,55 +205,22 @@ def completeness_gap(forward, inputs, target, attributions, *, baselines=None, k
 # ---------------------------------------------------------------------------------------------
 
 
-def _evaluate(forward, baselines, diff, target, state, req_alpha, req_mask, *, chunk):
-  """Evaluates f and ∇f at the requested path points; stores them in each image's next slots.
-
-  The requests of all images are packed together (an image that is done asks for none) and run
-  ``chunk`` path points at a time, then the remainder ``chunk // 8`` at a time, so little
-  compute goes to padding however few points a round asks for.
-  """
-  alpha, fval, gd, grads, count = state
-  n, r = req_alpha.shape
-  slots = alpha.shape[1]
-  slot = count[:, None] + jnp.cumsum(req_mask, axis=1, dtype=jnp.int32) - 1
-  order = jnp.argsort(~req_mask.reshape(-1), stable=True)  # requested first
-  img = (jnp.arange(n * r, dtype=jnp.int32) // r)[order]
-  a = req_alpha.reshape(-1)[order]
-  s = jnp.where(req_mask, slot, slots).reshape(-1)[order]
-  total = jnp.sum(req_mask, dtype=jnp.int32)
-  pad = -(n * r) % chunk + chunk
-  img, a, s = (jnp.pad(v, (0, pad)) for v in (img, a, s))
-  pix = tuple(range(1, diff.ndim))
-
-  def run(size, start, stored):
-    alpha, fval, gd, grads = stored
-    i = jax.lax.dynamic_slice(img, (start,), (size,))
-    ai = jax.lax.dynamic_slice(a, (start,), (size,))
-    si = jax.lax.dynamic_slice(s, (start,), (size,))
-    si = jnp.where(start + jnp.arange(size) < total, si, slots)  # padding: dropped
-    d = diff[i]
-    values, g = _values_and_grads(forward, baselines[i] + ai.reshape((-1,) + (1,) * len(pix)) * d,
-                                  target[i])
-    return (alpha.at[i, si].set(ai, mode="drop"), fval.at[i, si].set(values, mode="drop"),
-            gd.at[i, si].set(jnp.sum(g * d, axis=pix), mode="drop"),
-            grads.at[i, si].set(g, mode="drop"))
-
-  def loop(size, until, start, stored):
-    def body(carry):
-      return carry[0] + size, run(size, carry[0], carry[1])
-    return jax.lax.while_loop(lambda carry: carry[0] + until < total, body, (start, stored))
-
-  stored = (alpha, fval, gd, grads)
-  small = max(1, chunk // 8)
-  start, stored = loop(chunk, chunk - 1, jnp.int32(0), stored)  # whole chunks
-  if small < chunk:
-    start, stored = loop(small, 0, start, stored)  # the rest, in small chunks
-  return stored + (count + jnp.sum(req_mask, axis=1, dtype=jnp.int32),)
+# The refinement is written as four steps on a ``carry`` of fixed shapes, per group of images:
+# ``_start`` (empty buffers), ``_plan`` (which path points each image asks for this round, packed
+# across images), ``_run_chunk`` (the model on ``size`` packed points) and ``_commit`` (split
+# the intervals, re-check the gaps). ``_refine_traced`` loops them with ``lax.while_loop`` (any
+# caller: ``jit``, ``vmap``); ``_refine_host`` loops them from Python when the arguments are
+# concrete, so the model runs at the top level of its compiled program (XLA:CPU runs the
+# transposed convolutions of a backward pass several times slower inside a while loop).
+#
+# carry = (alpha, fval, gd, grads, count, lo, hi, gap, valid, done): per image, the points' α,
+# f and ∇f·(x − x0) (P,), their gradients (P, H, W, C), how many are used, the intervals' end
+# points (P,) (interval i is [alpha[lo[i]], alpha[hi[i]]]), local gaps, validity, and done.
 
 
 def _interval_gaps(alpha, fval, gd, lo, hi, count):
   """Each interval's local gap ``f(b) − f(a) − (b − a)(∇f(a) + ∇f(b))·(x − x0)/2`` (0 where
-  the interval slot is unused) and the intervals' widths."""
+  the interval slot is unused), the intervals' widths and which slots are used."""
   take = lambda v, i: jnp.take_along_axis(v, i, axis=1)  # noqa: E731
   width = take(alpha, hi) - take(alpha, lo)
   gap = take(fval, hi) - take(fval, lo) - 0.5 * width * (take(gd, lo) + take(gd, hi))
@@ -261,79 +228,142 @@ def _interval_gaps(alpha, fval, gd, lo, hi, count):
   return jnp.where(valid, gap, 0), jnp.where(valid, width, 0), valid
 
 
-def _refine_group(forward, inputs, target, baselines, tol, atol, live, *, max_steps, min_steps,
-                  chunk, growth):
-  """Locally refined trapezoid integration of a group of images (see the public function).
+def _bound(fval, tol, atol, min_steps):
+  """``tol · |f(x) − f(x0)| + atol`` (+ float rounding); slots 0 and min_steps − 1 hold α = 0, 1."""
+  f0, f1 = fval[:, 0], fval[:, min_steps - 1]
+  eps = jnp.finfo(fval.dtype).eps
+  return tol * jnp.abs(f1 - f0) + atol + 64 * eps * (jnp.abs(f0) + jnp.abs(f1))
 
-  One ``lax.while_loop`` of rounds: the first evaluates each image's even grid, every later one
-  the midpoints of the intervals it splits (one model evaluation loop serves both).
-  """
-  n = inputs.shape[0]
-  dtype = inputs.dtype
-  p = max_steps
-  diff = inputs - baselines
-  state = (jnp.zeros((n, p), dtype), jnp.zeros((n, p), dtype), jnp.zeros((n, p), dtype),
-           jnp.zeros((n, p) + inputs.shape[1:], dtype), jnp.zeros((n,), jnp.int32))
-  k = jnp.arange(p, dtype=jnp.int32)  # intervals start as the grid's chain of points
+
+def _status(carry, tol, atol, live, *, min_steps):
+  alpha, fval, gd, grads, count, lo, hi = carry[:7]
+  gap, _, valid = _interval_gaps(alpha, fval, gd, lo, hi, count)
+  done = (((jnp.abs(jnp.sum(gap, axis=1)) <= _bound(fval, tol, atol, min_steps)) & (count > 0))
+          | (count >= alpha.shape[1]) | ~live)
+  return (alpha, fval, gd, grads, count, lo, hi, gap, valid, done)
+
+
+def _start(inputs, tol, atol, live, *, max_steps, min_steps):
+  n, dtype, p = inputs.shape[0], inputs.dtype, max_steps
+  k = jnp.arange(p, dtype=jnp.int32)  # the intervals start as the first grid's chain
   lo = jnp.broadcast_to(jnp.minimum(k, min_steps - 2), (n, p))
   hi = jnp.broadcast_to(jnp.minimum(k + 1, min_steps - 1), (n, p))
+  carry = (jnp.zeros((n, p), dtype), jnp.zeros((n, p), dtype), jnp.zeros((n, p), dtype),
+           jnp.zeros((n, p) + inputs.shape[1:], dtype), jnp.zeros((n,), jnp.int32), lo, hi)
+  return _status(carry, tol, atol, live, min_steps=min_steps)
+
+
+def _plan(carry, tol, atol, *, min_steps, growth, pad):
+  """This round's requests: each image's even grid first, then the midpoints of the intervals
+  whose local gap exceeds their share of the bound (worst first, at most ``growth`` × its
+  intervals). Returns the packed requests ``(img, alpha, slot)`` (padded by ``pad``), their
+  number, and what ``_commit`` needs."""
+  alpha, fval, _, _, count, lo, hi, gap, valid, done = carry
+  n, p = alpha.shape
   cap = max(min_steps, p // 2)  # most points one image asks for in one round (static)
-  grid = jnp.pad(jnp.linspace(0, 1, min_steps, dtype=dtype), (0, cap - min_steps))  # ends exact
-  eps = jnp.finfo(dtype).eps
-  take = lambda v, i: jnp.take_along_axis(v, i, axis=1)  # noqa: E731
-  rows = jnp.arange(n, dtype=jnp.int32)[:, None]
   ranks = jnp.arange(cap, dtype=jnp.int32)[None, :]
+  take = lambda v, i: jnp.take_along_axis(v, i, axis=1)  # noqa: E731
+  first = count == 0
+  intervals = count - 1
+  worst, j = jax.lax.top_k(jnp.where(valid, jnp.abs(gap), -1), cap)
+  share = _bound(fval, tol, atol, min_steps) / jnp.maximum(intervals, 1)
+  want = jnp.sum(worst > share[:, None], axis=1, dtype=jnp.int32)
+  most = jnp.minimum(jnp.ceil(growth * intervals).astype(jnp.int32), p - count)
+  split = jnp.minimum(jnp.clip(want, 1, jnp.maximum(most, 1)), p - count)
+  split = jnp.where(done | first, 0, split)
+  mask = ranks < split[:, None]
+  old_hi = take(hi, j)
+  grid = jnp.pad(jnp.linspace(0, 1, min_steps, dtype=alpha.dtype), (0, cap - min_steps))
+  mid = 0.5 * (take(alpha, take(lo, j)) + take(alpha, old_hi))
+  req = jnp.where(first[:, None], grid[None, :], mid)
+  req_mask = jnp.where((first & ~done)[:, None], ranks < min_steps, mask)
+  slot = count[:, None] + jnp.cumsum(req_mask, axis=1, dtype=jnp.int32) - 1
+  order = jnp.argsort(~req_mask.reshape(-1), stable=True)  # requested first, image by image
+  packed = ((jnp.arange(n * cap, dtype=jnp.int32) // cap)[order], req.reshape(-1)[order],
+            jnp.where(req_mask, slot, p).reshape(-1)[order])
+  packed = tuple(jnp.pad(v, (0, pad)) for v in packed)
+  total = jnp.sum(req_mask, dtype=jnp.int32)
+  return packed, total, (mask, j, old_hi, jnp.sum(req_mask, axis=1, dtype=jnp.int32))
 
-  def bound_of(fval):  # slots 0 and min_steps − 1 hold α = 0 and α = 1
-    f0, f1 = fval[:, 0], fval[:, min_steps - 1]
-    return tol * jnp.abs(f1 - f0) + atol + 64 * eps * (jnp.abs(f0) + jnp.abs(f1))
 
-  def status(state, lo, hi):
-    alpha, fval, gd, _, count = state
-    gap, _, valid = _interval_gaps(alpha, fval, gd, lo, hi, count)
-    bound = bound_of(fval)
-    done = ((jnp.abs(jnp.sum(gap, axis=1)) <= bound) & (count > 0)) | (count >= p) | ~live
-    return gap, valid, done
+def _run_chunk(forward, inputs, target, baselines, carry, packed, total, start, *, size):
+  """f and ∇f at packed requests ``start .. start + size``, stored in their images' slots."""
+  alpha, fval, gd, grads = carry[:4]
+  p = alpha.shape[1]
+  i, a, s = (jax.lax.dynamic_slice(v, (start,), (size,)) for v in packed)
+  s = jnp.where(start + jnp.arange(size) < total, s, p)  # padding: dropped
+  d = inputs[i] - baselines[i]
+  pix = tuple(range(1, d.ndim))
+  values, g = _values_and_grads(forward, baselines[i] + a.reshape((-1,) + (1,) * len(pix)) * d,
+                                target[i])
+  stored = (alpha.at[i, s].set(a, mode="drop"), fval.at[i, s].set(values, mode="drop"),
+            gd.at[i, s].set(jnp.sum(g * d, axis=pix), mode="drop"),
+            grads.at[i, s].set(g, mode="drop"))
+  return stored + carry[4:]
+
+
+def _commit(carry, tol, atol, live, split, *, min_steps):
+  """Splits each chosen interval [a, b] at its new point m: [a, m] in place, [m, b] in the
+  next free slot; counts the new points and re-checks the gaps."""
+  mask, j, old_hi, asked = split
+  alpha, fval, gd, grads, count, lo, hi = carry[:7]
+  n, p = alpha.shape
+  rows = jnp.arange(n, dtype=jnp.int32)[:, None]
+  ranks = jnp.arange(mask.shape[1], dtype=jnp.int32)[None, :]
+  new = count[:, None] + ranks
+  hi = hi.at[rows, jnp.where(mask, j, p)].set(new, mode="drop")
+  fresh = jnp.where(mask, (count - 1)[:, None] + ranks, p)
+  lo = lo.at[rows, fresh].set(new, mode="drop")
+  hi = hi.at[rows, fresh].set(old_hi, mode="drop")
+  return _status((alpha, fval, gd, grads, count + asked, lo, hi), tol, atol, live,
+                 min_steps=min_steps)
+
+
+def _finish(inputs, baselines, carry):
+  """Attributions ``(x − x0) ⊙ Σ_points w ∇f`` (trapezoid weights of the final intervals)."""
+  alpha, fval, gd, grads, count, lo, hi = carry[:7]
+  n, p = alpha.shape
+  _, width, _ = _interval_gaps(alpha, fval, gd, lo, hi, count)
+  rows = jnp.arange(n, dtype=jnp.int32)[:, None]
+  weights = jnp.zeros((n, p), alpha.dtype).at[rows, lo].add(0.5 * width).at[rows, hi].add(
+      0.5 * width)
+  return jnp.einsum("np,np...->n...", weights, grads) * (inputs - baselines), count
+
+
+def _sizes(chunk):
+  return (chunk, max(1, chunk // 8))  # whole chunks, then the rest in small ones
+
+
+def _refine_traced(forward, inputs, target, baselines, tol, atol, live, *, max_steps,
+                   min_steps, chunk, growth):
+  opts = dict(min_steps=min_steps)
+  big, small = _sizes(chunk)
 
   def body(carry):
-    state, lo, hi, gap, valid, done = carry
-    alpha, count = state[0], state[4]
-    first = count == 0
-    intervals = count - 1
-    worst, j = jax.lax.top_k(jnp.where(valid, jnp.abs(gap), -1), cap)  # worst first
-    share = bound_of(state[1]) / jnp.maximum(intervals, 1)  # an interval's share of the bound
-    want = jnp.sum(worst > share[:, None], axis=1, dtype=jnp.int32)
-    most = jnp.minimum(jnp.ceil(growth * intervals).astype(jnp.int32), p - count)
-    split = jnp.minimum(jnp.clip(want, 1, jnp.maximum(most, 1)), p - count)
-    split = jnp.where(done | first, 0, split)
-    mask = ranks < split[:, None]
-    old_hi = take(hi, j)
-    mid = 0.5 * (take(alpha, take(lo, j)) + take(alpha, old_hi))
-    req = jnp.where(first[:, None], grid[None, :], mid)
-    req_mask = jnp.where(first[:, None] & ~done[:, None], ranks < min_steps, mask)
-    new = count[:, None] + ranks  # the new points' slots
-    state = _evaluate(forward, baselines, diff, target, state, req, req_mask, chunk=chunk)
-    hi = hi.at[rows, jnp.where(mask, j, p)].set(new, mode="drop")  # [a, b] -> [a, m] in place
-    fresh = jnp.where(mask, intervals[:, None] + ranks, p)  # [m, b] in the next free slot
-    lo = lo.at[rows, fresh].set(new, mode="drop")
-    hi = hi.at[rows, fresh].set(old_hi, mode="drop")
-    return (state, lo, hi) + status(state, lo, hi)
+    packed, total, split = _plan(carry, tol, atol, min_steps=min_steps, growth=growth,
+                                 pad=big)
 
-  carry = (state, lo, hi) + status(state, lo, hi)
-  state, lo, hi, _, _, _ = jax.lax.while_loop(lambda c: ~jnp.all(c[-1]), body, carry)
-  alpha, fval, gd, grads, count = state
-  _, width, _ = _interval_gaps(alpha, fval, gd, lo, hi, count)
-  weights = jnp.zeros((n, p), dtype).at[rows, lo].add(0.5 * width).at[rows, hi].add(0.5 * width)
-  total = jnp.einsum("np,np...->n...", weights, grads)
-  return total * diff, count
+    def chunks(size, until, start, carry):
+      step = lambda c: (c[0] + size, _run_chunk(forward, inputs, target, baselines, c[1],  # noqa: E731
+                                                packed, total, c[0], size=size))
+      return jax.lax.while_loop(lambda c: c[0] + until < total, step, (start, carry))
+
+    start, carry = chunks(big, big - 1, jnp.int32(0), carry)
+    if small < big:
+      start, carry = chunks(small, 0, start, carry)
+    return _commit(carry, tol, atol, live, split, **opts)
+
+  carry = _start(inputs, tol, atol, live, max_steps=max_steps, **opts)
+  carry = jax.lax.while_loop(lambda c: ~jnp.all(c[-1]), body, carry)
+  return _finish(inputs, baselines, carry)
 
 
 @functools.partial(jax.jit, static_argnames=("max_steps", "min_steps", "chunk", "images",
                                              "growth"))
-def _adaptive(forward, inputs, target, baselines, tol, atol, *, max_steps, min_steps, chunk, images,
-              growth):
+def _adaptive(forward, inputs, target, baselines, tol, atol, *, max_steps, min_steps, chunk,
+              images, growth):
   n = inputs.shape[0]
-  run = functools.partial(_refine_group, forward, max_steps=max_steps, min_steps=min_steps,
+  run = functools.partial(_refine_traced, forward, max_steps=max_steps, min_steps=min_steps,
                           chunk=chunk, growth=growth)
   if images >= n:
     return run(inputs, target, baselines, tol, atol, jnp.ones((n,), bool))
@@ -352,13 +382,52 @@ def _adaptive(forward, inputs, target, baselines, tol, atol, *, max_steps, min_s
           steps.reshape(-1)[:n])
 
 
+_start_jit = jax.jit(_start, static_argnames=("max_steps", "min_steps"))
+_plan_jit = jax.jit(_plan, static_argnames=("min_steps", "growth", "pad"))
+_run_chunk_jit = jax.jit(_run_chunk, static_argnames=("size",), donate_argnums=(4,))
+_commit_jit = jax.jit(_commit, static_argnames=("min_steps",))
+_finish_jit = jax.jit(_finish)
+
+
+def _adaptive_host(forward, inputs, target, baselines, tol, atol, *, max_steps, min_steps,
+                   chunk, images, growth):
+  """``_adaptive`` driven from Python (concrete arguments): the same steps, with the model at
+  the top level of its compiled chunk."""
+  big, small = _sizes(chunk)
+  n = inputs.shape[0]
+  images = min(images, n)
+  attrs, steps = [], []
+  for g in range(0, n, images):
+    x, t, b = inputs[g:g + images], target[g:g + images], baselines[g:g + images]
+    live = jnp.arange(images) < x.shape[0]  # the last group: padded with image 0, done at once
+    if x.shape[0] < images:
+      x, t, b = (jnp.concatenate([v, jnp.repeat(v[:1], images - v.shape[0], axis=0)])
+                 for v in (x, t, b))
+    carry = _start_jit(x, tol, atol, live, max_steps=max_steps, min_steps=min_steps)
+    while not bool(jnp.all(carry[-1])):
+      packed, total, split = _plan_jit(carry, tol, atol, min_steps=min_steps, growth=growth,
+                                       pad=big)
+      total_ = int(total)
+      start = 0
+      for size in (big, small):
+        while start + (size - 1 if size == big else 0) < total_:
+          carry = _run_chunk_jit(forward, x, t, b, carry, packed, total, jnp.int32(start),
+                                 size=size)
+          start += size
+      carry = _commit_jit(carry, tol, atol, live, split, min_steps=min_steps)
+    a, s = _finish_jit(x, b, carry)
+    attrs.append(a)
+    steps.append(s)
+  return jnp.concatenate(attrs)[:n], jnp.concatenate(steps)[:n]
+
+
 def integrated_gradients_adaptive(forward, inputs, target, *, tol: float = 0.01,
                                   max_steps: int = 512, baselines=None,
                                   batch_size: int | None = None, key=None, atol: float = 0.0,
                                   min_steps: int = 9,
                                   budget: int = batching.DEFAULT_BUDGET,
                                   images_per_batch: int | None = None, growth: float = 0.1,
-                                  method: str | None = None):
+                                  host: bool = True, method: str | None = None):
   """Integrated gradients to a completeness tolerance, refining each path where it is wrong.
 
   The path integral splits exactly over sub-intervals ``[a, b]`` of α, and each has its own
@@ -393,6 +462,10 @@ def integrated_gradients_adaptive(forward, inputs, target, *, tol: float = 0.01,
     images_per_batch: images refined together (each keeps ``max_steps`` gradients). ``None``
       (default): as many as fit ``budget``. Static.
     growth: the largest share of an image's intervals split in one round. Static.
+    host: with concrete arguments, drive the rounds from Python (the default: the model then
+      runs at the top level of its compiled chunk, several times faster on CPU than inside a
+      ``lax.while_loop``). Under ``jit``/``vmap`` (traced arguments) it is one compiled
+      ``lax.while_loop`` either way; ``False`` forces that path. The results are the same.
     method: deprecated and ignored (the rule is fixed: trapezoid on refined intervals).
 
   Returns:
@@ -426,7 +499,9 @@ def integrated_gradients_adaptive(forward, inputs, target, *, tol: float = 0.01,
     if images_per_batch is None:
       stored = int(max_steps) * math.prod(inputs.shape[1:]) * inputs.dtype.itemsize
       images_per_batch = batching.auto_batch_size(stored, n, budget=budget)
-  return _adaptive(forward, inputs, target, b, jnp.asarray(tol, inputs.dtype),
-                   jnp.asarray(atol, inputs.dtype),
-                   max_steps=int(max_steps), min_steps=int(min_steps), chunk=int(batch_size),
-                   images=int(images_per_batch), growth=float(growth))
+  traced = any(isinstance(v, jax.core.Tracer)
+               for v in jax.tree.leaves((forward, inputs, target, b, tol, atol)))
+  run = _adaptive if traced or not host else _adaptive_host
+  return run(forward, inputs, target, b, jnp.asarray(tol, inputs.dtype),
+             jnp.asarray(atol, inputs.dtype), max_steps=int(max_steps), min_steps=int(min_steps),
+             chunk=int(batch_size), images=int(images_per_batch), growth=float(growth))
