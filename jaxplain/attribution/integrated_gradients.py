@@ -27,6 +27,9 @@ __all__ = ["METHODS", "RULES", "approximation", "integrated_gradients", "complet
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
          "gausslegendre")
 METHODS = RULES  # deprecated name of RULES (one release)
+# The default adaptive chunk: on CPU a backward pass costs less per image in small batches
+# (measured on 48×48 FER CNNs: 16 images at once ~10-25% cheaper per image than 64).
+MAX_CHUNK = 16
 
 
 def _torch_linspace32(start: float, end: float, n: int) -> np.ndarray:
@@ -120,6 +123,38 @@ def _integrated_gradients(forward, inputs, target, baselines, *, steps, rule, ba
   return jnp.sum(grads, axis=0) * diff
 
 
+@functools.partial(jax.jit, donate_argnums=(6,))
+def _integrated_gradients_chunk(forward, inputs, target, baselines, alphas, weights, total):
+  """``total + Σ_s w_s ∇f(b + α_s (x − b))`` over one chunk of path points."""
+  diff = inputs - baselines
+
+  def weighted_grads(a, w):
+    return w * _values_and_grads(forward, baselines + a * diff, target)[1]
+
+  return total + jnp.sum(jax.vmap(weighted_grads)(alphas, weights), axis=0)
+
+
+def _integrated_gradients_host(forward, inputs, target, baselines, *, steps, rule, batch_size):
+  """``_integrated_gradients`` with the chunks looped from Python (concrete arguments): the
+  model runs at the top level of its compiled chunk, not inside ``lax.map`` (XLA:CPU runs a
+  backward pass's transposed convolutions several times slower inside a loop). The last chunk
+  is padded with weight-0 points, so one compilation serves every chunk."""
+  alphas, weights = approximation(rule, steps)
+  pad = -steps % batch_size
+  alphas = jnp.asarray(np.concatenate([alphas, np.ones(pad)]), inputs.dtype)
+  weights = jnp.asarray(np.concatenate([weights, np.zeros(pad)]), inputs.dtype)
+  total = jnp.zeros_like(inputs)
+  for c in range(0, steps + pad, batch_size):
+    total = _integrated_gradients_chunk(forward, inputs, target, baselines,
+                                        alphas[c:c + batch_size], weights[c:c + batch_size],
+                                        total)
+  return total * (inputs - baselines)
+
+
+def _traced(*trees) -> bool:
+  return any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(trees))
+
+
 def _points_per_batch(forward, inputs, steps, batch_size, budget):
   if batch_size is not None:
     return batch_size
@@ -135,8 +170,9 @@ def integrated_gradients(forward, inputs, target, *, baselines=None, steps: int 
   """Integrated gradients along the straight path from ``baselines`` to ``inputs``.
 
   ``(x − b) · sum_s w_s ∇f_t(b + α_s (x − b))`` with Captum ``IntegratedGradients``' points
-  ``α_s`` and weights ``w_s`` (:func:`approximation`); path points run ``batch_size`` at a time
-  (``jax.lax.map``), each over all N images.
+  ``α_s`` and weights ``w_s`` (:func:`approximation`); path points run ``batch_size`` at a time,
+  each over all N images (a Python loop of one compiled chunk for concrete arguments, a
+  ``jax.lax.map`` under ``jit``/``vmap``; the same sums).
 
   Args:
     forward: ``(N, H, W, C) -> (N, K)`` logits.
@@ -165,8 +201,10 @@ def integrated_gradients(forward, inputs, target, *, baselines=None, steps: int 
   batch_size = batching.check_batch_size(batch_size)
   b = make_baselines(inputs, baselines, key=key)
   chunk = _points_per_batch(forward, inputs, int(steps), batch_size, budget)
-  return _integrated_gradients(forward, inputs, target, b, steps=int(steps), rule=rule,
-                               batch_size=int(chunk))
+  run = _integrated_gradients if _traced(forward, inputs, target, b) else \
+      _integrated_gradients_host
+  return run(forward, inputs, target, b, steps=int(steps), rule=rule,
+             batch_size=min(int(chunk), int(steps)))
 
 
 @jax.jit
@@ -331,7 +369,7 @@ def _finish(inputs, baselines, carry):
 
 
 def _sizes(chunk):
-  return (chunk, max(1, chunk // 8))  # whole chunks, then the rest in small ones
+  return (chunk, max(1, chunk // 4))  # whole chunks, then the rest in small ones
 
 
 def _refine_traced(forward, inputs, target, baselines, tol, atol, live, *, max_steps,
@@ -455,7 +493,7 @@ def integrated_gradients_adaptive(forward, inputs, target, *, tol: float = 0.01,
       hardly changes along the path, where a relative gap is out of reach). May be traced.
     batch_size: path points evaluated at once (over all images). ``None`` (default): as many as
       fit ``budget`` bytes of activations (:func:`jaxplain.batching.auto_batch_size`), at most
-      64; pass an int to override. Static.
+      :data:`MAX_CHUNK` (16); pass an int to override. Static.
     min_steps: evenly spaced points of the first round, the ends included (>= 2). Static.
     budget: bytes the defaults may hold: the evaluation chunk's activations, and the stored
       gradients (``max_steps`` per image) of the images refined together.
@@ -494,14 +532,13 @@ def integrated_gradients_adaptive(forward, inputs, target, *, tol: float = 0.01,
   if batch_size is None or images_per_batch is None:
     per_image = _bytes_per_image(forward, inputs.shape[1:], inputs.dtype)
     if batch_size is None:
-      batch_size = min(64, batching.auto_batch_size(per_image, n * int(max_steps),
-                                                    budget=budget))
+      batch_size = min(MAX_CHUNK, batching.auto_batch_size(per_image, n * int(max_steps),
+                                                           budget=budget))
     if images_per_batch is None:
       stored = int(max_steps) * math.prod(inputs.shape[1:]) * inputs.dtype.itemsize
       images_per_batch = batching.auto_batch_size(stored, n, budget=budget)
-  traced = any(isinstance(v, jax.core.Tracer)
-               for v in jax.tree.leaves((forward, inputs, target, b, tol, atol)))
-  run = _adaptive if traced or not host else _adaptive_host
+  run = _adaptive if _traced(forward, inputs, target, b, tol, atol) or not host else \
+      _adaptive_host
   return run(forward, inputs, target, b, jnp.asarray(tol, inputs.dtype),
              jnp.asarray(atol, inputs.dtype), max_steps=int(max_steps), min_steps=int(min_steps),
              chunk=int(batch_size), images=int(images_per_batch), growth=float(growth))
