@@ -134,21 +134,28 @@ def _integrated_gradients_chunk(forward, inputs, target, baselines, alphas, weig
   return total + jnp.sum(jax.vmap(weighted_grads)(alphas, weights), axis=0)
 
 
-def _integrated_gradients_host(forward, inputs, target, baselines, *, steps, rule, batch_size):
+def _integrated_gradients_host(forward, inputs, target, baselines, *, steps, rule, batch_size,
+                               images):
   """``_integrated_gradients`` with the chunks looped from Python (concrete arguments): the
   model runs at the top level of its compiled chunk, not inside ``lax.map`` (XLA:CPU runs a
-  backward pass's transposed convolutions several times slower inside a loop). The last chunk
-  is padded with weight-0 points, so one compilation serves every chunk."""
+  backward pass's transposed convolutions several times slower inside a loop). ``images``
+  images at a time (the last group padded), ``batch_size`` points at a time (the last chunk
+  padded with weight-0 points), so one compilation serves every chunk."""
   alphas, weights = approximation(rule, steps)
   pad = -steps % batch_size
   alphas = jnp.asarray(np.concatenate([alphas, np.ones(pad)]), inputs.dtype)
   weights = jnp.asarray(np.concatenate([weights, np.zeros(pad)]), inputs.dtype)
-  total = jnp.zeros_like(inputs)
-  for c in range(0, steps + pad, batch_size):
-    total = _integrated_gradients_chunk(forward, inputs, target, baselines,
-                                        alphas[c:c + batch_size], weights[c:c + batch_size],
-                                        total)
-  return total * (inputs - baselines)
+  n = inputs.shape[0]
+  out = []
+  for g in range(0, n, images):
+    x, t, b = (jnp.concatenate([v[g:g + images]] + [v[:1]] * (images - len(v[g:g + images])))
+               for v in (inputs, target, baselines))
+    total = jnp.zeros_like(x)
+    for c in range(0, steps + pad, batch_size):
+      total = _integrated_gradients_chunk(forward, x, t, b, alphas[c:c + batch_size],
+                                          weights[c:c + batch_size], total)
+    out.append(total * (x - b))
+  return jnp.concatenate(out)[:n]
 
 
 def _traced(*trees) -> bool:
@@ -162,11 +169,19 @@ def _points_per_batch(forward, inputs, steps, batch_size, budget):
   return batching.auto_batch_size(per_point, steps, budget=budget)
 
 
+def _images_per_batch(forward, inputs, points, images, budget):
+  if images is not None:
+    return min(images, inputs.shape[0])
+  per_image = points * _bytes_per_image(forward, inputs.shape[1:], inputs.dtype)
+  return batching.auto_batch_size(per_image, inputs.shape[0], budget=budget)
+
+
 @register("integrated_gradients", kind="path", signed=True, label="integrated gradients",
           defaults={"steps": 50}, aliases=("ig",))
 def integrated_gradients(forward, inputs, target, *, baselines=None, steps: int = 50,
                          rule: str | None = None, batch_size: int | None = None, key=None,
-                         budget: int = batching.DEFAULT_BUDGET, method: str | None = None):
+                         budget: int = batching.DEFAULT_BUDGET,
+                         images_per_batch: int | None = None, method: str | None = None):
   """Integrated gradients along the straight path from ``baselines`` to ``inputs``.
 
   ``(x − b) · sum_s w_s ∇f_t(b + α_s (x − b))`` with Captum ``IntegratedGradients``' points
@@ -189,7 +204,11 @@ def integrated_gradients(forward, inputs, target, *, baselines=None, steps: int 
       bytes of activations, estimated from the forward's shapes
       (:func:`jaxplain.batching.auto_batch_size`); pass an int to override. Static.
     key: a ``jax.random`` key for ``baselines="uniform"``.
-    budget: activation bytes one chunk may hold when ``batch_size`` is ``None``.
+    budget: activation bytes one chunk may hold when ``batch_size`` or ``images_per_batch``
+      is ``None`` (:data:`jaxplain.batching.DEFAULT_BUDGET`, 512 MiB).
+    images_per_batch: with concrete arguments, images run through each chunk of path points at
+      a time (``None``: as many as fit ``budget`` beside ``batch_size`` points; an int
+      overrides). Under ``jit``/``vmap`` every chunk covers all N images.
     method: deprecated alias of ``rule`` (a ``DeprecationWarning``; removed next release).
 
   Returns:
@@ -199,12 +218,15 @@ def integrated_gradients(forward, inputs, target, *, baselines=None, steps: int 
   forward, inputs, target = check_call(forward, inputs, target)
   approximation(rule, steps)  # validates rule and steps
   batch_size = batching.check_batch_size(batch_size)
+  images_per_batch = batching.check_batch_size(images_per_batch, name="images_per_batch")
   b = make_baselines(inputs, baselines, key=key)
-  chunk = _points_per_batch(forward, inputs, int(steps), batch_size, budget)
-  run = _integrated_gradients if _traced(forward, inputs, target, b) else \
-      _integrated_gradients_host
-  return run(forward, inputs, target, b, steps=int(steps), rule=rule,
-             batch_size=min(int(chunk), int(steps)))
+  chunk = min(_points_per_batch(forward, inputs, int(steps), batch_size, budget), int(steps))
+  if _traced(forward, inputs, target, b):
+    return _integrated_gradients(forward, inputs, target, b, steps=int(steps), rule=rule,
+                                 batch_size=chunk)
+  images = _images_per_batch(forward, inputs, chunk, images_per_batch, budget)
+  return _integrated_gradients_host(forward, inputs, target, b, steps=int(steps), rule=rule,
+                                    batch_size=chunk, images=images)
 
 
 @jax.jit
