@@ -121,7 +121,7 @@ def _labels(clf: Classifier, cfg: ReportConfig) -> dict[str, str]:
 
 def attribution_methods(clf: Classifier, cfg: ReportConfig, *, ig_steps: int | None = None
                         ) -> dict[str, Callable]:
-  """The report's methods as jit-compiled ``f(key, x, target) -> (N, H, W, C)``, by name."""
+  """The report's methods as ``f(key, x, target) -> (N, H, W, C)``, by name."""
   layer = cfg.gradcam_layer or registry.default_layer(clf)
   out = {}
   for name in cfg.methods:
@@ -129,8 +129,10 @@ def attribution_methods(clf: Classifier, cfg: ReportConfig, *, ig_steps: int | N
     options |= cfg.method_options.get(name, {})
     if ig_steps and "steps" in registry.get(name).options:
       options["steps"] = ig_steps
-    out[name] = jax.jit(lambda k, x, t, name=name, options=options: attribution.attribute(
-        clf, x, t, method=name, key=k, **options))
+    # not wrapped in jit: each method compiles itself, and some (integrated gradients) drive
+    # their chunks from Python when given concrete arrays, which XLA:CPU runs faster
+    out[name] = lambda k, x, t, name=name, options=options: attribution.attribute(
+        clf, x, t, method=name, key=k, **options)
   return out
 
 

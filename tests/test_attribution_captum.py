@@ -188,7 +188,7 @@ def check(ours, ref, pair, *, tol=None):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", A.METHODS)
+@pytest.mark.parametrize("method", A.RULES)
 @pytest.mark.parametrize("steps", [2, 7, 50])
 def test_approximation_points_equal_captums(method, steps):
   step_sizes, alphas = approximation_methods.approximation_parameters(method)
@@ -261,7 +261,7 @@ def test_occlusion(heavy_pair, face_batch, window, stride):
   check(ours, nhwc(ref), pair)
 
 
-@pytest.mark.parametrize("method", A.METHODS)
+@pytest.mark.parametrize("method", A.RULES)
 def test_integrated_gradients(heavy_pair, face_batch, method, monkeypatch):
   pair = heavy_pair
   if pair.dtype == "float32" and method != "gausslegendre":
@@ -270,7 +270,7 @@ def test_integrated_gradients(heavy_pair, face_batch, method, monkeypatch):
   baselines = 0.5 * np.asarray(x)[::-1].copy()  # another face, dimmed
   with jax.enable_x64(pair.dtype == "float64"):
     ours = A.integrated_gradients(pair.clf.forward, x, t, baselines=jnp.asarray(baselines),
-                                  steps=20, method=method, batch_size=8)
+                                  steps=20, rule=method, batch_size=8)
   # The points are Captum's (test_approximation_points_equal_captums) up to PyTorch's SIMD
   # rounding of one float32 ulp, which can flip a ReLU on the path; feed Captum exactly ours.
   a, w = A.approximation(method, 20)

@@ -28,6 +28,7 @@ from jaxplain.attribution.deeplift import deep_lift, deep_lift_shap
 from jaxplain.attribution.guided import guided, guided_backprop, guided_grad_cam
 from jaxplain.attribution.integrated_gradients import (
     METHODS,
+    RULES,
     approximation,
     completeness_gap,
     integrated_gradients,
@@ -57,6 +58,7 @@ from jaxplain.attribution.smoothgrad import smoothgrad
 __all__ = sorted({
     "METHODS",
     "ablation_cam",
+    "RULES",
     "approximation",
     "attribute",
     "attribute_many",
