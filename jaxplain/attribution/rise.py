@@ -76,7 +76,7 @@ def rise_masks(key, samples: int, size, *, grid: int = 8, p: float = 0.5, dtype=
   g_key, s_key = jax.random.split(key)
   grids = jax.random.bernoulli(g_key, p, (samples, grid, grid)).astype(dtype)
   cell = jnp.asarray([int(np.ceil(s / grid)) for s in size])
-  shifts = jax.random.randint(s_key, (samples, 2), 0, cell)
+  shifts = jax.random.randint(s_key, (samples, 2), 0, cell[None, :])
   return rise_masks_from(grids, shifts, tuple(size))
 
 
