@@ -48,10 +48,10 @@ def face_batch(faces):
 
 
 def _case(model, dtype, method):
-  """Default run: every method on the twin in float64, Grad-CAM++ on NetworkV2; the rest slow
-  (Score-CAM / Ablation-CAM run one forward pass per channel on both sides)."""
-  fast = (model, dtype) == ("twin", "float64") or (
-      (model, dtype, method) == ("network_v2", "float32", "grad_cam_plus_plus"))
+  """Default run: one method per code path (weights from gradients, Score-CAM, Ablation-CAM,
+  Eigen-CAM) on the twin in float64; every method on every model and dtype in slow runs."""
+  fast = (model, dtype) == ("twin", "float64") and method in (
+      "grad_cam_plus_plus", "score_cam", "ablation_cam", "eigen_cam")
   return pytest.param((model, dtype), method, marks=() if fast else pytest.mark.slow,
                       id=f"{model}-{dtype}-{method}")
 

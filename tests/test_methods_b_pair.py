@@ -44,7 +44,7 @@ def _f64(clf):
       lambda v: jnp.asarray(np.asarray(v, np.float64)), clf.variables))
 
 
-@pytest.mark.parametrize("sqrt", [False, True])
+@pytest.mark.parametrize("sqrt", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_blur_ig_matches_pair(tiny_classifier, face_batch, sqrt):
   # PAIR weighs every path point of one call_model_function batch by the sigma step of the
   # batch's last point: exact for evenly spaced sigmas, wrong for sqrt=True unless batch_size=1.
@@ -105,8 +105,10 @@ def test_guided_ig_matches_pair(tiny_classifier, face_batch, monkeypatch):
   assert err <= 1e-6, err
 
 
-def test_xrai_matches_pair(tiny_classifier, face_batch):
+@pytest.mark.parametrize("faces", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_xrai_matches_pair(tiny_classifier, face_batch, faces):
   x, t = face_batch
+  x, t = x[:faces], t[:faces]
   segs = A.xrai_segments(x)
   for im, ours in zip(x, segs):  # our segments are PAIR's
     ref = np.stack(pair_xrai._get_segments_felzenszwalb(im))
@@ -119,7 +121,7 @@ def test_xrai_matches_pair(tiny_classifier, face_batch):
     base = np.asarray(A.integrated_gradients(clf.forward, xs, t, steps=5))
     given = A.xrai(clf.forward, xs, t, segments=segs, attributions=base, area_threshold=0.6)
     refs, refs_given = [], []
-    for i in range(2):
+    for i in range(faces):
       masks = list(segs[i][segs[i].any((1, 2))])
       cmf = call_model_function(clf.forward, int(t[i]), "float64")
       refs.append(saliency.XRAI().GetMask(

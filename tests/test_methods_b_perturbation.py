@@ -17,7 +17,7 @@ captum_attr = pytest.importorskip("captum.attr")
 
 import test_attribution_captum as tac  # noqa: E402
 
-PAIRS = [("twin", "float64"), ("twin", "float32"),
+PAIRS = [("twin", "float64"), pytest.param(("twin", "float32"), marks=pytest.mark.slow),
          pytest.param(("network_v2", "float64"), marks=pytest.mark.slow)]
 
 

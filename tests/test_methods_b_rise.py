@@ -30,7 +30,7 @@ def test_masks_equal_the_authors(key):
                    [x:x + size[0], y:y + size[1]] for g, (x, y) in zip(grids, shifts)])
   with jax.enable_x64(True):
     got = A.rise_masks_from(jnp.asarray(grids, jnp.float64), jnp.asarray(shifts), size)
-  np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)  # skimage keeps the float32 grid
   drawn = A.rise_masks(key, 50, size, grid=s, p=0.3)
   assert drawn.shape == (50, 48, 48) and 0 <= float(drawn.min()) and float(drawn.max()) <= 1
   assert abs(float(drawn.mean()) - 0.3) < 0.05
@@ -45,7 +45,7 @@ def _authors_forward(model, masks, x, p1):
   return (sal.view((p.shape[1], h, w)) / n / p1).numpy()
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
 def test_rise_equals_the_authors_forward(tiny_classifier, faces, key, dtype):
   pair = tac.twin_pair(tiny_classifier, dtype) if dtype == "float32" else None
   with jax.enable_x64(dtype == "float64"):

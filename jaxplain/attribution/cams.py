@@ -20,7 +20,8 @@ Channel weights ``w_c`` (the map is ``Σ_c w_c A_c``) or maps:
   per (image, channel), chunked.
 * Ablation-CAM: ``w_c = (f_t(x) − f_t(x; A_c ablated)) / f_t(x)``, the channel set to 0 (or, when
   the image's activations have a nonzero minimum, to ``min − 1e7``, as pytorch-grad-cam does); one
-  evaluation per (image, channel), chunked.
+  evaluation of the layers above ``layer`` per (image, channel), chunked, the layers below once
+  per image (pytorch-grad-cam runs the whole network per channel).
 * Eigen-CAM: the projection of the centred activations ``(h·w, C)`` on their first right singular
   vector (no gradients, no target). The SVD's sign is arbitrary; ``sign="svd"`` keeps LAPACK's
   (pytorch-grad-cam's behaviour), ``sign="positive"`` (default) flips each map so that it
@@ -169,15 +170,17 @@ def _cam(clf, inputs, target, *, variant, layer, relu, normalize, interpolate_mo
     low = jnp.min(acts, axis=(1, 2, 3))
     fill = jnp.where(low == 0, 0, low - 1e7).astype(acts.dtype)
 
-    def ablated(ij):  # one (image, channel): the target logit with that channel ablated
-      i, k = ij
-      hit = (jnp.arange(c) == k)[None, None, :]
-      delta = jnp.where(hit, fill[i] - acts[i], 0)[None]
-      logits, _ = tapped(inputs[i][None], delta)
-      return select(logits, target[i][None])[0]
+    def per_image(args):  # one image: every channel ablated, the layers below run once
+      x_i, t_i, fill_i, a_i = args
 
-    index = jnp.arange(n * c)
-    s = batching.chunked_map(ablated, (index // c, index % c), batch_size=batch_size)
+      def ablated(k):  # x_i is not batched over channels, so its prefix is computed once
+        delta = jnp.where((jnp.arange(c) == k)[None, None, :], fill_i - a_i, 0)[None]
+        logits, _ = tapped(x_i[None], delta)
+        return select(logits, t_i[None])[0]
+
+      return batching.chunked_map(ablated, jnp.arange(c), batch_size=batch_size)
+
+    s = jax.lax.map(per_image, (inputs, target, fill, acts))  # (N, C)
     weights = (scores[:, None] - s.reshape(n, c)) / scores[:, None]
     cam = jnp.einsum("nhwc,nc->nhw", acts, weights)
   else:  # pragma: no cover - the public functions pass only the names above
@@ -214,7 +217,8 @@ _ARGS = """
 """
 
 _BATCH = """
-    batch_size: (image, channel) evaluations run at once (memory knob; default 256). Static."""
+    batch_size: (image, channel) evaluations run at once (Ablation-CAM: channels of one image;
+      memory knob; default 256). Static."""
 
 
 def _doc(summary):
