@@ -175,7 +175,7 @@ def convert_graph(gm, runs, input_shape, mean, std):
       output = out.name
       continue
     value = a[node.name]
-    if node.op == "get_attr" or (not depends(node) and node.op != "call_module"):
+    if node.op == "get_attr" or not depends(node):
       if is_tensor(value):
         if not _same(value, b[node.name]):
           raise ValueError(f"{node.name!r} at {path!r} builds a tensor from the batch size "
