@@ -3,7 +3,8 @@
 Rows: forward of a batch of faces, and the input gradient of the predicted class (what saliency
 and integrated gradients need). Uses the pretrained NetworkV2 of facial_emotion_recognition 0.3.4
 when ``scripts/fetch_reference_models.py`` has fetched it, else a random twin of it.
-Run standalone: ``python scripts/bench_convert.py``.
+Run standalone: ``python scripts/bench_convert.py``; ``--resnet50`` times the conversion of a
+torchvision ResNet-50 at 224×224 with its numeric check instead.
 """
 
 from __future__ import annotations
@@ -102,7 +103,30 @@ def run(report):
          f"{what}, batch {BATCH}, CPU; torch autograd vs jax.grad")
 
 
+def conversion_time(name: str = "resnet50", size: int = 224) -> dict:
+  """Seconds to convert a torchvision model (random weights), the numeric check included.
+
+  Issue 14's target: ResNet-50 at 224×224 in ≤ 30 s on a 2-core CPU.
+  """
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+  from torch_compat import import_torchvision
+  from jaxplain import convert
+  tv = import_torchvision()
+  module = tv.models.get_model(name, weights=None, num_classes=7).eval()
+  t0 = time.perf_counter()
+  convert.from_torch(module, input_shape=(3, size, size), check=False)
+  unchecked = time.perf_counter() - t0
+  module = tv.models.get_model(name, weights=None, num_classes=7).eval()  # no jit cache hit
+  t0 = time.perf_counter()
+  convert.from_torch(module, input_shape=(3, size + 1, size + 1))  # other shape: fresh compile
+  checked = time.perf_counter() - t0
+  return {"model": name, "size": size, "convert_s": unchecked, "convert_and_check_s": checked}
+
+
 if __name__ == "__main__":
+  if "--resnet50" in sys.argv:
+    print(conversion_time())
+    sys.exit(0)
   def _print(name, ours_s, peer_s, compile_s, note):
     print(f"{name:36s} ours {ours_s * 1e3:8.2f} ms  torch {peer_s * 1e3:8.2f} ms  "
           f"ratio {ours_s / peer_s:5.2f}  compile {compile_s:.2f}s  ({note})")

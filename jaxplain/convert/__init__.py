@@ -145,7 +145,7 @@ def from_torch(module, *, input_shape: Sequence[int] = (1, 48, 48), mean=0.0, st
   if len(names) != k:
     raise ValueError(f"`class_names` has {len(names)} names, the model has {k} outputs")
   config = graph.config() | {
-      "variables": {p: [list(a.shape), str(a.dtype)] for p, a in flat.items()},
+      "variables": {p: [list(a.shape), str(jnp.asarray(a).dtype)] for p, a in flat.items()},
       "stripped": stripped}
   meta = {"kind": KIND, "config": config,
           "source": f"{type(module).__module__}.{type(module).__qualname__}"}
