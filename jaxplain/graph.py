@@ -890,6 +890,77 @@ def _multi_head_attention(a, p, w, ctx):
   return (out, jnp.mean(attn, axis=1) if p["need_weights"] else None)
 
 
+def _shifted_window_attention(a, p, w, ctx):
+  """torchvision's ``shifted_window_attention`` (Swin v1 and v2), eval mode."""
+  del w, ctx
+  x, qkv_w, proj_w, rpb = a[:4]
+  rest = list(a[4:])
+  qkv_b = rest.pop(0) if p["qkv_bias"] else None
+  proj_b = rest.pop(0) if p["proj_bias"] else None
+  logit_scale = rest.pop(0) if p["logit_scale"] else None
+  b, h, w_, c = x.shape
+  (wh, ww), heads, shift = p["window_size"], p["num_heads"], list(p["shift_size"])
+  pad_r, pad_b = (ww - w_ % ww) % ww, (wh - h % wh) % wh
+  x = jnp.pad(x, ((0, 0), (0, pad_b), (0, pad_r), (0, 0)))
+  ph, pw = x.shape[1:3]
+  if wh >= ph:
+    shift[0] = 0
+  if ww >= pw:
+    shift[1] = 0
+  if sum(shift) > 0:
+    x = jnp.roll(x, (-shift[0], -shift[1]), (1, 2))
+  nw, t = (ph // wh) * (pw // ww), wh * ww
+  x = x.reshape(b, ph // wh, wh, pw // ww, ww, c).transpose(0, 1, 3, 2, 4, 5).reshape(b * nw, t, c)
+  if logit_scale is not None and qkv_b is not None:
+    n3 = qkv_b.shape[0] // 3
+    qkv_b = qkv_b.at[n3:2 * n3].set(0)
+  qkv = jnp.matmul(x, qkv_w.T, precision=_HI)
+  if qkv_b is not None:
+    qkv = qkv + qkv_b
+  qkv = qkv.reshape(b * nw, t, 3, heads, c // heads).transpose(2, 0, 3, 1, 4)
+  q, k, v = qkv[0], qkv[1], qkv[2]
+  if logit_scale is not None:
+    unit = lambda u: u / jnp.maximum(jnp.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
+    attn = jnp.matmul(unit(q), jnp.swapaxes(unit(k), -2, -1), precision=_HI)
+    scale = jnp.exp(jnp.minimum(logit_scale, np.log(100.0)))
+    attn = attn * scale.reshape((1,) * (attn.ndim - scale.ndim) + scale.shape)
+  else:
+    attn = jnp.matmul(q * (c // heads) ** -0.5, jnp.swapaxes(k, -2, -1), precision=_HI)
+  attn = attn + rpb.reshape((1,) * (attn.ndim - rpb.ndim) + rpb.shape)
+  if sum(shift) > 0:
+    mask = np.zeros((ph, pw))
+    count = 0
+    for hs in ((0, -wh), (-wh, -shift[0]), (-shift[0], None)):
+      for ws in ((0, -ww), (-ww, -shift[1]), (-shift[1], None)):
+        mask[hs[0]:hs[1], ws[0]:ws[1]] = count
+        count += 1
+    mask = mask.reshape(ph // wh, wh, pw // ww, ww).transpose(0, 2, 1, 3).reshape(nw, t)
+    mask = mask[:, None, :] - mask[:, :, None]
+    mask = np.where(mask != 0, -100.0, 0.0)
+    attn = attn.reshape(b, nw, heads, t, t) + jnp.asarray(mask[None, :, None], attn.dtype)
+    attn = attn.reshape(-1, heads, t, t)
+  attn = jax.nn.softmax(attn, axis=-1)
+  x = jnp.matmul(attn, v, precision=_HI).transpose(0, 2, 1, 3).reshape(b * nw, t, c)
+  x = jnp.matmul(x, proj_w.T, precision=_HI)
+  if proj_b is not None:
+    x = x + proj_b
+  x = x.reshape(b, ph // wh, pw // ww, wh, ww, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c)
+  if sum(shift) > 0:
+    x = jnp.roll(x, (shift[0], shift[1]), (1, 2))
+  return x[:, :h, :w_, :]
+
+
+def _patch_merging_pad(a, p, w, ctx):
+  """torchvision Swin's ``_patch_merging_pad``: 2×2 neighbours stacked on channels."""
+  del p, w, ctx
+  x = a[0]
+  h, w_ = x.shape[-3:-1]
+  x = jnp.pad(x, ((0, 0),) * (x.ndim - 3) + ((0, h % 2), (0, w_ % 2), (0, 0)))
+  parts = [x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :],
+           x[..., 1::2, 1::2, :]]
+  return jnp.concatenate(parts, axis=-1)
+
+
 OPS = {
     "identity": lambda a, p, w, c: a[0],
     "param": lambda a, p, w, c: w,
@@ -975,6 +1046,8 @@ OPS = {
     "affine_grid": _affine_grid,
     "grid_sample": _grid_sample,
     "multi_head_attention": _multi_head_attention,
+    "shifted_window_attention": _shifted_window_attention,
+    "patch_merging_pad": _patch_merging_pad,
     **{name: _binary(name) for name in _BINARY},
 }
 

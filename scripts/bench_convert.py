@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import pathlib
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -103,3 +104,30 @@ def _gradient(quick):
     return torch.autograd.grad(out[torch.arange(n), tt].sum(), v)
   return Workload(lambda: grad(clf.forward, xj), peer, f"torch {torch.__version__} autograd", n,
                   what)
+
+
+def conversion_time(name: str = "resnet50", size: int = 224) -> dict:
+  """Seconds to convert a torchvision model (random weights), the numeric check included.
+
+  Issue 14's target: ResNet-50 at 224×224 in ≤ 30 s on a 2-core CPU.
+  """
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+  from torch_compat import import_torchvision
+  from jaxplain import convert
+  tv = import_torchvision()
+  module = tv.models.get_model(name, weights=None, num_classes=7).eval()
+  t0 = time.perf_counter()
+  convert.from_torch(module, input_shape=(3, size, size), check=False)
+  unchecked = time.perf_counter() - t0
+  module = tv.models.get_model(name, weights=None, num_classes=7).eval()  # no jit cache hit
+  t0 = time.perf_counter()
+  convert.from_torch(module, input_shape=(3, size + 1, size + 1))  # other shape: fresh compile
+  checked = time.perf_counter() - t0
+  return {"model": name, "size": size, "convert_s": unchecked, "convert_and_check_s": checked}
+
+
+if __name__ == "__main__":
+  if "--resnet50" in sys.argv:
+    print(conversion_time())
+  else:
+    print("rows of this file run through scripts/bench.py --modules bench_convert; --resnet50 times a conversion")

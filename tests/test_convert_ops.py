@@ -242,3 +242,16 @@ def test_stochastic_depth_is_identity_in_eval():
 
   clf = _check(Block(), (1, 5, 5))
   assert "sd" not in clf.layer_names  # traced through: torchvision's layer, not torch.nn's
+
+
+def test_new_ops_survive_save_and_load(tmp_path):
+  from jaxplain import checkpoint
+  torch.manual_seed(0)
+  for make, shape in ((Indexing, (2, 6, 7)), (Norms, (3, 6, 6)), (Algebra, (2, 6, 7)),
+                      (Sampler, (3, 6, 8))):
+    clf = convert.from_torch(_randomise(make()), input_shape=shape, check=False)
+    checkpoint.save_classifier(clf, tmp_path / make.__name__)
+    loaded = checkpoint.load_classifier(tmp_path / make.__name__)
+    assert loaded.apply_fn == clf.apply_fn                # same ops and parameters after JSON
+    for a, b in zip(jax.tree.leaves(loaded.variables), jax.tree.leaves(clf.variables)):
+      np.testing.assert_array_equal(a, b)

@@ -109,8 +109,9 @@ def _rule_option(rule, method, default="gausslegendre"):
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "rule", "batch_size"))
-def _integrated_gradients(forward, inputs, target, baselines, *, steps, rule, batch_size):
+def _path_integral(forward, inputs, target, baselines, *, steps, rule, batch_size):
+  """``sum_s w_s ∇f(b + α_s (x − b))`` under ``rule``, ``batch_size`` path points at a time
+  (traceable; the layer methods integrate at a layer with it)."""
   alphas, weights = approximation(rule, steps)
   diff = inputs - baselines
 
@@ -119,8 +120,21 @@ def _integrated_gradients(forward, inputs, target, baselines, *, steps, rule, ba
     return w * _values_and_grads(forward, baselines + a * diff, target)[1]
 
   aw = (jnp.asarray(alphas, inputs.dtype), jnp.asarray(weights, inputs.dtype))
-  grads = batching.chunked_map(weighted_grads, aw, batch_size=batch_size)
-  return jnp.sum(grads, axis=0) * diff
+  return jnp.sum(batching.chunked_map(weighted_grads, aw, batch_size=batch_size), axis=0)
+
+
+def _check_options(steps, rule, batch_size):
+  """``steps`` an int the ``rule`` accepts, ``batch_size`` a positive int or ``None``."""
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+    raise ValueError(f"`steps` must be an int, got {steps!r}")
+  approximation(rule, int(steps))  # validates the rule and the steps
+  batching.check_batch_size(batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "rule", "batch_size"))
+def _integrated_gradients(forward, inputs, target, baselines, *, steps, rule, batch_size):
+  return _path_integral(forward, inputs, target, baselines, steps=steps, rule=rule,
+                        batch_size=batch_size) * (inputs - baselines)
 
 
 @functools.partial(jax.jit, donate_argnums=(6,))

@@ -114,7 +114,7 @@ def _lig(clf, inputs, target, baselines, *, layer, steps, method, batch_size, in
   def at_layer(a):  # the network above the layer, fed activations a
     return tapped(inputs, a - act_x)[0]
 
-  total = _path_integral(at_layer, act_x, target, act_b, steps=steps, method=method,
+  total = _path_integral(at_layer, act_x, target, act_b, steps=steps, rule=method,
                          batch_size=batch_size)
   return _finish(total * (act_x - act_b), inputs, interpolate_mode)
 

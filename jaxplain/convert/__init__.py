@@ -120,7 +120,13 @@ def from_torch(module, *, input_shape: Sequence[int] = (1, 48, 48), mean=0.0, st
     tol = 1e-8 if got.dtype == np.float64 and jdtype == jnp.float64 else 1e-4
     err = float(np.max(np.abs(got - want))) if got.size else 0.0
     if not err <= tol * (1 + float(np.max(np.abs(want)))):
-      where = fx.first_divergence(graph, variables, x2, runs[2], paths, tol)
+      was_training = module.training
+      module.eval()
+      try:
+        recorded = fx.run(gm, example[2], copy=True)
+      finally:
+        module.train(was_training)
+      where = fx.first_divergence(graph, variables, x2, recorded, paths, tol)
       if where is not None:
         name, path, kind, detail = where
         cause = (f"the first op that differs is {kind!r} (fx node {name!r}) at {path!r}: "
@@ -145,7 +151,7 @@ def from_torch(module, *, input_shape: Sequence[int] = (1, 48, 48), mean=0.0, st
   if len(names) != k:
     raise ValueError(f"`class_names` has {len(names)} names, the model has {k} outputs")
   config = graph.config() | {
-      "variables": {p: [list(a.shape), str(a.dtype)] for p, a in flat.items()},
+      "variables": {p: [list(a.shape), str(jnp.asarray(a).dtype)] for p, a in flat.items()},
       "stripped": stripped}
   meta = {"kind": KIND, "config": config,
           "source": f"{type(module).__module__}.{type(module).__qualname__}"}

@@ -40,23 +40,31 @@ def trace(module):
   return torch.fx.GraphModule(module, graph)
 
 
-def _snapshot(v):
+_SMALL = 4096  # tensors up to this size are always copied (they may be read as constants)
+
+
+def _snapshot(v, copy):
   if is_tensor(v):
-    return v.detach().clone()
+    return v.detach().clone() if copy or v.numel() <= _SMALL else v.detach()
   if isinstance(v, (tuple, list)) and any(is_tensor(t) for t in v):
-    return tuple(t.detach().clone() if is_tensor(t) else t for t in v)
+    return tuple(_snapshot(t, copy) for t in v)
   return v
 
 
-def run(gm, x) -> dict:
-  """Every node's value (tensors cloned: later in-place ops do not change them)."""
+def run(gm, x, *, copy: bool = False) -> dict:
+  """Every node's value.
+
+  With ``copy``, every tensor is cloned as it is produced, so later in-place ops cannot change
+  it (needed to compare op by op); without, only small tensors are, and large ones serve for
+  their shapes (and the output for its values).
+  """
   torch = torch_module()
   values = {}
 
   class Recorder(torch.fx.Interpreter):
     def run_node(self, n):
       v = super().run_node(n)
-      values[n.name] = _snapshot(v)
+      values[n.name] = _snapshot(v, copy)
       return v
 
   with torch.no_grad():
@@ -175,9 +183,9 @@ def convert_graph(gm, runs, input_shape, mean, std):
       output = out.name
       continue
     value = a[node.name]
-    if node.op == "get_attr" or (not depends(node) and node.op != "call_module"):
+    if node.op == "get_attr" or not depends(node):
       if is_tensor(value):
-        if not _same(value, b[node.name]):
+        if node.op != "get_attr" and not _same(value, b[node.name]):
           raise ValueError(f"{node.name!r} at {path!r} builds a tensor from the batch size "
                            f"({tuple(value.shape)} for a batch of 2); jaxplain cannot convert it")
         key = node.target if node.op == "get_attr" else f"_const.{node.name}"

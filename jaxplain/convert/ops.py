@@ -663,6 +663,26 @@ def _pow(args, c):
   return _binary("pow")({"input": args["input"], "other": args["exponent"]}, c)
 
 
+def _swin_attention(args, c):
+  if c.static(args["training"], "training") and (c.static(args["attention_dropout"], "d") or
+                                                 c.static(args["dropout"], "d")):
+    raise ValueError(f"shifted_window_attention at {c.path!r} runs in training mode")
+  ins = c.refs([args["input"], args["qkv_weight"], args["proj_weight"],
+                args["relative_position_bias"]])
+  if len(ins) != 4:
+    raise ValueError(f"shifted_window_attention at {c.path!r}: tensor arguments expected")
+  flags = {}
+  for name in ("qkv_bias", "proj_bias", "logit_scale"):
+    r = c.ref(args[name])
+    flags[name] = r is not None
+    if r is not None:
+      ins.append(r)
+  return "shifted_window_attention", ins, flags | {
+      "window_size": tuple(int(v) for v in c.static(args["window_size"], "window_size")),
+      "num_heads": int(c.static(args["num_heads"], "num_heads")),
+      "shift_size": tuple(int(v) for v in c.static(args["shift_size"], "shift_size"))}
+
+
 SUPPORTED_FUNCTIONS: list[str] = []
 
 
@@ -824,12 +844,18 @@ def functional_table():
   add((("condition", REQUIRED), ("input", REQUIRED), ("other", REQUIRED)), _where, torch.where)
   add(x + (("shifts", REQUIRED), ("dims", None)), _roll, torch.roll, method="roll")
   add(x + (("dims", REQUIRED),), _flip, torch.flip, method="flip")
-  try:  # torchvision's fx-wrapped stochastic depth (EfficientNet, ConvNeXt, Swin, MaxViT)
-    import sys
-    tv_ops = sys.modules.get("torchvision.ops.stochastic_depth")
-    if tv_ops is not None:
-      add(x + (("p", REQUIRED), ("mode", REQUIRED), ("training", True)), _stochastic_depth,
-          tv_ops.stochastic_depth)
-  except Exception:  # pragma: no cover - torchvision is optional
-    pass
+  import sys  # torchvision's fx-wrapped functions, when torchvision is loaded
+  tv_ops = sys.modules.get("torchvision.ops.stochastic_depth")
+  if tv_ops is not None:  # EfficientNet, ConvNeXt, Swin, MaxViT
+    add(x + (("p", REQUIRED), ("mode", REQUIRED), ("training", True)), _stochastic_depth,
+        tv_ops.stochastic_depth)
+  swin = sys.modules.get("torchvision.models.swin_transformer")
+  if swin is not None:
+    add(x + (("qkv_weight", REQUIRED), ("proj_weight", REQUIRED),
+             ("relative_position_bias", REQUIRED), ("window_size", REQUIRED),
+             ("num_heads", REQUIRED), ("shift_size", REQUIRED), ("attention_dropout", 0.0),
+             ("dropout", 0.0), ("qkv_bias", None), ("proj_bias", None), ("logit_scale", None),
+             ("training", True)), _swin_attention, swin.shifted_window_attention)
+    add(x, lambda args, c: ("patch_merging_pad", c.refs([args["input"]]), {}),
+        swin._patch_merging_pad)
   return funcs, methods

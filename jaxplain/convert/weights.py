@@ -258,7 +258,7 @@ def nonfinite(tensors: dict[str, Any], limit: int = 5) -> list[str]:
   """``["name (k NaN, j Inf of n)", ...]`` for floating tensors with non-finite values."""
   out = []
   for name, t in tensors.items():
-    if is_tensor(t) and t.is_floating_point():
+    if is_tensor(t) and t.is_floating_point() and not bool(t.detach().sum().isfinite()):
       nan, inf = int(t.isnan().sum()), int(t.isinf().sum())
       if nan or inf:
         out.append(f"{name} ({nan} NaN, {inf} Inf of {t.numel()})")
