@@ -6,7 +6,11 @@ follow the ``apply_fn(..., tap=layer)`` contract). :func:`maximize_activation` f
 gradient ascent on the input, an image that excites each requested filter: one optax
 optimisation per filter, all of them vmapped inside one compiled ``lax.scan``, with the
 regularisers of Lucid / Lucent (L2 decay, total variation, random jitter, periodic blur, a
-sigmoid- or clip-bounded pixel range, and the decorrelated Fourier parameterisation).
+sigmoid- or clip-bounded pixel range, and the decorrelated Fourier parameterisation), and a
+jitter-free polish phase at the end that keeps the best iterate, so that the image returned
+maximises the filter itself rather than its average over shifts. :func:`check_layer` says
+before any work whether a layer can be visualised; :func:`ratio_to_best` compares the result
+with the most activating real face.
 
 Images are native ``classifier.input_shape`` (48×48×1 for FER2013): no RGB, no upsampling.
 """
@@ -422,7 +426,8 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
                         neuron: Sequence[int] | None = None, fourier: bool = True,
                         pixel_range: str = "sigmoid", decay_power: float = 1.0,
                         l2: float = 0.0, tv: float = 0.0, jitter: int = 1,
-                        polish_steps: int | None = None, blur_every: int = 0, blur_sigma: float = 0.5,
+                        polish_steps: int | None = None, blur_every: int = 0,
+                        blur_sigma: float = 0.5,
                         init_scale: float = 1.0, init=None,
                         batch_size: int | None = None) -> Visualization:
   """Gradient ascent on the input: for each filter, an image that activates it strongly.
@@ -524,7 +529,8 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
                    steps=int(steps), optimizer=optimizer or _default_optimizer(0.05),
                    neuron=neuron, fourier=bool(fourier), pixel_range=pixel_range,
                    decay_power=float(decay_power), l2=float(l2), tv=float(tv),
-                   jitter=int(jitter), polish_steps=int(polish_steps), blur_every=int(blur_every), blur_sigma=float(blur_sigma),
+                   jitter=int(jitter), polish_steps=int(polish_steps),
+                   blur_every=int(blur_every), blur_sigma=float(blur_sigma),
                    init_scale=float(init_scale),
                    batch_size=None if batch_size is None else int(batch_size))
 
