@@ -6,7 +6,11 @@ follow the ``apply_fn(..., tap=layer)`` contract). :func:`maximize_activation` f
 gradient ascent on the input, an image that excites each requested filter: one optax
 optimisation per filter, all of them vmapped inside one compiled ``lax.scan``, with the
 regularisers of Lucid / Lucent (L2 decay, total variation, random jitter, periodic blur, a
-sigmoid- or clip-bounded pixel range, and the decorrelated Fourier parameterisation).
+sigmoid- or clip-bounded pixel range, and the decorrelated Fourier parameterisation), and a
+jitter-free polish phase at the end that keeps the best iterate, so that the image returned
+maximises the filter itself rather than its average over shifts. :func:`check_layer` says
+before any work whether a layer can be visualised; :func:`ratio_to_best` compares the result
+with the most activating real face.
 
 Images are native ``classifier.input_shape`` (48×48×1 for FER2013): no RGB, no upsampling.
 """
@@ -318,14 +322,18 @@ def _default_optimizer(learning_rate: float) -> optax.GradientTransformation:
 
 
 _PIXEL_RANGES = ("sigmoid", "clip")
+# Start brightness of each restart, pre-sigmoid (sigmoid(∓2) = 0.12 / 0.88): a ReLU channel
+# that fires only on dark (or bright) areas gets a gradient from the start everywhere.
+_RESTART_OFFSETS = (0.0, -2.0, 2.0, -1.0, 1.0, -3.0, 3.0, -0.5, 0.5)
 
 
 @functools.partial(jax.jit, static_argnames=(
     "layer", "steps", "optimizer", "neuron", "fourier", "pixel_range", "decay_power", "l2",
-    "tv", "jitter", "polish_steps", "blur_every", "blur_sigma", "init_scale", "batch_size"))
+    "tv", "jitter", "polish_steps", "blur_every", "blur_sigma", "init_scale", "restarts",
+    "batch_size"))
 def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron, fourier,
               pixel_range, decay_power, l2, tv, jitter, polish_steps, blur_every, blur_sigma,
-              init_scale, batch_size):
+              init_scale, restarts, batch_size):
   shape = tuple(classifier.input_shape)
   h, w, _ = shape
   scale_np = _spectrum_scale(h, w, decay_power)
@@ -365,14 +373,15 @@ def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron
     return _blur_pixels(p, blur_sigma)
 
   def optimize_one(args):
-    f, k, x0 = args
+    f, k, x0, offset = args
     k_init, k_steps = jax.random.split(k)
-    if x0 is None:  # pre-squash start ~ N(0, init_scale) in pixel space, in every basis
-      noise = init_scale * jax.random.normal(k_init, shape, jnp.float32)
+    if x0 is None:  # pre-squash start ~ N(offset, init_scale) in pixel space, in every basis
+      noise = init_scale * jax.random.normal(k_init, shape, jnp.float32) + offset
       p0 = noise if pixel_range == "sigmoid" else 0.5 + noise / 4  # sigmoid'(0) = 1/4
       if fourier:
         spectrum = jax.random.normal(k_init, (2, h, w // 2 + 1, shape[2]), jnp.float32)
-        p0 = spectrum * (init_scale / _pixel_std(shape, scale_np))
+        p0 = spectrum * (init_scale / _pixel_std(shape, scale_np)) \
+            + _pixels_to_fft(jnp.full(shape, offset, jnp.float32), scale)
         if pixel_range == "clip":
           p0 = p0 / 4
     else:
@@ -403,17 +412,27 @@ def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron
     carry = (p0, optimizer.init(p0), p0, jnp.full((), -jnp.inf, value_dtype))
     (p, _, best, best_value), trace = jax.lax.scan(
         step, carry, (jnp.arange(steps), jax.random.split(k_steps, steps)))
-    if polish_steps:  # the last update's result was never measured: one more forward pass
-      p = jnp.where(objective(to_image(p), f) >= best_value, p, best)
-    return to_image(p), trace, to_image(p0)
+    if polish_steps or restarts > 1:  # the last update was never measured: one more forward
+      final = objective(to_image(p), f)
+      p, best_value = jnp.where(final >= best_value, p, best), jnp.maximum(final, best_value)
+    return to_image(p), trace, to_image(p0), best_value
 
+  # Restart r of filter f: key fold_in(fold_in(key, f), r) (r = 0: fold_in(key, f) alone, so
+  # one restart gives what it always gave), start brightness _RESTART_OFFSETS[r].
+  n = filters.shape[0]
   keys = jax.vmap(lambda f: jax.random.fold_in(key, f))(filters)
-  args = (filters, keys, init)
+  keys = jnp.stack([keys] + [jax.vmap(lambda k, r=r: jax.random.fold_in(k, r))(keys)
+                             for r in range(1, restarts)], 1).reshape(n * restarts)
+  offsets = jnp.tile(jnp.asarray(_RESTART_OFFSETS[:restarts], jnp.float32), n)
+  repeat = lambda a: None if a is None else jnp.repeat(a, restarts, axis=0)  # noqa: E731
+  args = (repeat(filters), keys, repeat(init),
+          offsets if init is None else jnp.zeros_like(offsets))
   if batch_size is None:
-    images, trace, start = jax.vmap(optimize_one)(args)
+    images, trace, start, value = jax.vmap(optimize_one)(args)
   else:
-    images, trace, start = jax.lax.map(optimize_one, args, batch_size=batch_size)
-  return Visualization(images, trace.T, start)
+    images, trace, start, value = jax.lax.map(optimize_one, args, batch_size=batch_size)
+  pick = jnp.arange(n) * restarts + jnp.argmax(value.reshape(n, restarts), axis=1)
+  return Visualization(images[pick], trace[pick].T, start[pick])
 
 
 def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[int] | int, *,
@@ -422,8 +441,9 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
                         neuron: Sequence[int] | None = None, fourier: bool = True,
                         pixel_range: str = "sigmoid", decay_power: float = 1.0,
                         l2: float = 0.0, tv: float = 0.0, jitter: int = 1,
-                        polish_steps: int | None = None, blur_every: int = 0, blur_sigma: float = 0.5,
-                        init_scale: float = 1.0, init=None,
+                        polish_steps: int | None = None, blur_every: int = 0,
+                        blur_sigma: float = 0.5,
+                        init_scale: float = 1.0, init=None, restarts: int = 3,
                         batch_size: int | None = None) -> Visualization:
   """Gradient ascent on the input: for each filter, an image that activates it strongly.
 
@@ -478,6 +498,15 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
       default 1 starts from visible noise (pixel std ≈ 0.2): from Lucent's nearly uniform
       gray (0.01) a ReLU channel that is off at gray has no gradient and never moves.
     init: optional ``(F, H, W, C)`` images in [0, 1] to start from instead (e.g. a face).
+    restarts: optimise each filter this many times, vmapped in the same program (``restarts``
+      times the compute), and return the best by the unshifted objective. Restart 0 is the
+      run ``restarts=1`` gives; restart ``r`` starts from noise around a darker or brighter
+      gray (pre-sigmoid offsets 0, -2, +2, -1, +1, ...) with its own jitter. The default 3
+      exists for brightness detectors (first layers): a ReLU channel that fires only on dark
+      areas gets no gradient where a mid-gray start is bright, so a single run ends in a
+      striped local optimum at about half of what an all-dark image gives (the shipped CNN's
+      ``conv1_1``: 0.53× the best real face with 1 restart, 0.90× with 3; FER2013 holds blank
+      faces, which are this optimum exactly). With ``init``, restarts differ by jitter only.
     batch_size: optimise this many filters at a time (``lax.map``) to bound memory; ``None``:
       all at once.
 
@@ -503,6 +532,9 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
       raise ValueError(f"`{name}` must be an int >= {1 if name == 'steps' else 0}, got {v!r}")
   if polish_steps is None:
     polish_steps = steps // 4
+  if not isinstance(restarts, (int, np.integer)) or not 1 <= restarts <= len(_RESTART_OFFSETS):
+    raise ValueError(f"`restarts` must be an int in 1..{len(_RESTART_OFFSETS)}, got "
+                     f"{restarts!r}")
   if not isinstance(polish_steps, (int, np.integer)) or not 0 <= polish_steps <= steps:
     raise ValueError(f"`polish_steps` must be an int in 0..steps ({steps}), got {polish_steps!r}")
   if jitter >= min(classifier.input_shape[:2]):
@@ -525,8 +557,9 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
                    steps=int(steps), optimizer=optimizer or _default_optimizer(0.05),
                    neuron=neuron, fourier=bool(fourier), pixel_range=pixel_range,
                    decay_power=float(decay_power), l2=float(l2), tv=float(tv),
-                   jitter=int(jitter), polish_steps=int(polish_steps), blur_every=int(blur_every), blur_sigma=float(blur_sigma),
-                   init_scale=float(init_scale),
+                   jitter=int(jitter), polish_steps=int(polish_steps),
+                   blur_every=int(blur_every), blur_sigma=float(blur_sigma),
+                   init_scale=float(init_scale), restarts=int(restarts),
                    batch_size=None if batch_size is None else int(batch_size))
 
 

@@ -60,7 +60,8 @@ def _setup(quick):
   clf, what = classifier()
   layer = feature_vis.default_layer(clf)
   filters, steps = (QUICK_FILTERS, QUICK_STEPS) if quick else (FILTERS, STEPS)
-  opts = dict(steps=steps, init_scale=1.0, fourier=False, jitter=0)
+  opts = dict(steps=steps, init_scale=1.0, fourier=False, jitter=0,
+              restarts=1)  # one optimisation per filter, as the peers do (default: 3)
   return clf, what, layer, tuple(range(filters)), opts
 
 

@@ -150,6 +150,17 @@ def test_polish_phase_returns_the_best_unjittered_iterate(clf, key):
     fv.maximize_activation(clf, LAYER, FILTERS, key=key, steps=8, polish_steps=9)
 
 
+def test_restarts_keep_the_best(clf, key):
+  one = fv.maximize_activation(clf, LAYER, FILTERS, key=key, steps=8, restarts=1)
+  three = fv.maximize_activation(clf, LAYER, FILTERS, key=key, steps=8, restarts=3)
+  idx = (jnp.arange(5), jnp.asarray(FILTERS))
+  a = fv.channel_activation(clf, one.images, LAYER)[idx]
+  b = fv.channel_activation(clf, three.images, LAYER)[idx]
+  assert bool(jnp.all(b >= a - 1e-5)), (a, b)  # restart 0 is the one-restart run
+  with pytest.raises(ValueError, match="restarts"):
+    fv.maximize_activation(clf, LAYER, FILTERS, key=key, restarts=0)
+
+
 def test_neuron_and_dense_objectives(clf, key):
   r = fv.maximize_activation(clf, LAYER, (3, 9), key=key, steps=16, neuron=(12, 12),
                              fourier=False, jitter=0)
@@ -320,11 +331,21 @@ def reference_faces(csv=None, *, n: int = 256, seed: int = 0) -> np.ndarray:
 
 
 def _assert_beats_faces(clf, layer, filters, faces, **options):
+  """The optimised image beats the best face, except where that face is a blank (uniform)
+  image: FER2013 holds some, and for a brightness detector a blank image is the maximiser
+  itself, which a sigmoid-bounded image only approaches (>= 0.85× asked there)."""
   vis = fv.maximize_activation(clf, layer, filters, key=jax.random.key(0), **options)
   idx = (np.arange(len(filters)), np.asarray(filters))
   own = np.asarray(fv.channel_activation(clf, vis.images, layer))[idx]
-  best = fv.best_activation(clf, jnp.asarray(faces), layer)[np.asarray(filters)]
-  assert (own > best).all(), (layer, filters, own, best)
+  scores = np.concatenate([np.asarray(fv.channel_activation(clf, jnp.asarray(faces[i:i + 250]),
+                                                            layer))
+                           for i in range(0, len(faces), 250)])[:, np.asarray(filters)]
+  best = scores.max(0)
+  np.testing.assert_allclose(fv.best_activation(clf, jnp.asarray(faces), layer)[
+      np.asarray(filters)], best, rtol=1e-5)
+  blank = np.asarray(faces)[scores.argmax(0)].std(axis=(1, 2, 3)) < 0.01
+  ok = (own > best) | (blank & (own >= 0.85 * best))
+  assert ok.all(), (layer, filters, own, best, blank)
   ratio = fv.ratio_to_best(clf, layer, filters, vis.images, jnp.asarray(faces))
   np.testing.assert_allclose(ratio[best > 0], (own / best)[best > 0], rtol=1e-4)
   return own, best
@@ -351,11 +372,11 @@ def test_reference_faces():
 
 
 def test_default_ascent_beats_faces_on_network_v2_conv_2_3():
-  """The two filters of NetworkV2's conv_2.3 that fared worst under the old defaults (jitter to
-  the last step: 0.91× and 1.13× the best of 1,000 PublicTest faces). The bundled and synthetic
-  faces are weaker than the real ones (the old images beat them 1.18× and 1.31×): the check of
-  filter 43 against 1,000 real faces, which the old defaults fail, is the slow test below."""
-  _assert_beats_faces(_network_v2(), "conv_2.3", (43, 34), reference_faces())
+  """The filter of NetworkV2's conv_2.3 that fared worst under the old defaults (jitter to the
+  last step: 0.91× the best of 1,000 PublicTest faces). The bundled and synthetic faces are
+  weaker than the real ones (the old image beats them 1.18×): the check of filter 43 against
+  1,000 real faces, which the old defaults fail, is the slow test below."""
+  _assert_beats_faces(_network_v2(), "conv_2.3", (43,), reference_faces())
 
 
 @pytest.mark.slow
@@ -375,6 +396,8 @@ def test_pretrained_torch_cnn_filters_beat_best_real_face():
   _assert_beats_faces(clf, layer, (0, 2, 5, 8, 11), faces)
   # Issue 18's case: with 1,000 real faces the old defaults (polish_steps=0) reach 0.91× here.
   _assert_beats_faces(clf, "conv_2.3", (43,), faces)
+  # Brightness detectors of the shipped CNN's first layer: one restart reaches 0.53-0.63×.
+  _assert_beats_faces(_shipped(), "conv1_1", (2, 12, 27), faces)
 
 
 def _conv_layers(clf):
