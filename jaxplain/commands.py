@@ -277,11 +277,7 @@ def filters(clf, out, cfg: FiltersConfig = FiltersConfig(), *, face=None,
   for name in ("jitter", "tv", "l2", "blur_every", "blur_sigma"):
     check_positive(name.replace("_", "-"), getattr(cfg, name), zero=True)
   layer = cfg.layer or feature_vis.default_layer(clf)
-  check_filter_layer = getattr(feature_vis, "check_layer", None)
-  if check_filter_layer is not None:
-    check_filter_layer(clf, layer)
-  else:
-    clf.check_layer(layer)
+  feature_vis.check_layer(clf, layer)
   chosen = feature_vis.parse_filters(cfg.filters, feature_vis.filter_count(clf, layer))
   check_output(out, overwrite)
   if face is None:
@@ -292,7 +288,8 @@ def filters(clf, out, cfg: FiltersConfig = FiltersConfig(), *, face=None,
                  pixel_range=cfg.pixel_range)
   with progress_bar(len(chosen), f"gradient ascent on {layer}", unit="filter") as bar:
     vis = feature_vis.maximize_filters(clf, layer, chosen, key=jax.random.key(cfg.seed),
-                                       chunk=cfg.filters_per_batch, progress=bar.update,
+                                       filters_per_batch=cfg.filters_per_batch,
+                                       progress=bar.update,
                                        **options)
   index = (np.arange(len(chosen)), np.asarray(chosen))
   start = np.asarray(feature_vis.channel_activation(clf, vis.start_images, layer))[index]
