@@ -58,7 +58,7 @@ class ReportConfig:
   filter_layer: str | None = None  # default: feature_vis.default_layer
   filters: int = 16
   filter_steps: int = 256
-  trust_metrics: bool = True  # the "Which explanation to trust?" section
+  trust_metrics: bool = False  # the "Which explanation to trust?" section (slow on a CPU)
   lime_samples: int = 1000
   lime_per_class: int = 2  # faces per class explained with LIME
   per_class: int = 50  # faces per class for the measured maps (with data)
