@@ -10,7 +10,6 @@ meeting its tolerance with the shipped model.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import importlib
 import json
