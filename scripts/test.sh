@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Installs jaxplain with its test extras into ./.venv and runs the test suite.
-# Usage: bash scripts/test.sh [--full] [pytest args...]
-#   default: the whole suite, slow tests included (what CI runs, about 12 minutes on 2 cores)
-#   --full:  also the long sweeps (every torchvision model, every layer's filters, high-step
-#            reference integrals): JAXPLAIN_FULL=1
+# Usage: bash scripts/test.sh [--slow | --full] [pytest args...]
+#   default: the default suite (what CI runs): every reference comparison on a fast sample
+#   --slow:  also the slow tests (heavier references, real-data checks, more models and layers)
+#   --full:  the slow tests and the long sweeps (every torchvision model, every layer's filters,
+#            high-step reference integrals): JAXPLAIN_FULL=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--full" ]; then
-  export JAXPLAIN_FULL=1
-  shift
-fi
+MARK=()
+case "${1:-}" in
+  --slow) MARK=(-m "slow or not slow"); shift ;;
+  --full) MARK=(-m "slow or not slow"); export JAXPLAIN_FULL=1; shift ;;
+esac
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
@@ -20,5 +22,4 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[dev]"
 # Real pretrained PyTorch FER CNN for the conversion and Captum tests (skipped if unavailable).
 .venv/bin/python scripts/fetch_reference_models.py || echo "reference models unavailable: their tests will skip"
-[ $# -gt 0 ] || set -- -m "slow or not slow" --durations=25
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest "${MARK[@]}" --durations=25 "$@"
