@@ -29,10 +29,13 @@ def _nearest_index(in_size: int, out_size: int) -> np.ndarray:
   return np.minimum(idx, in_size - 1)
 
 
-def _bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """(out, in) weights of PyTorch ``F.interpolate(mode="bilinear", align_corners=False)``."""
-  scale = in_size / out_size
-  src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
+def _bilinear_matrix(in_size: int, out_size: int, *, align_corners: bool = False) -> np.ndarray:
+  """(out, in) weights of PyTorch's 1-D linear interpolation: ``F.interpolate(mode=
+  "bilinear", align_corners=False)``, or with ``align_corners`` ``nn.UpsamplingBilinear2d``."""
+  if align_corners:
+    src = np.arange(out_size) * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+  else:
+    src = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
   lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
   hi = np.minimum(lo + 1, in_size - 1)
   frac = src - lo

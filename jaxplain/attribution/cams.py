@@ -48,7 +48,7 @@ import numpy as np
 
 from jaxplain import batching
 from jaxplain.attribution._common import select
-from jaxplain.attribution.cam import check_cam_call, upsample
+from jaxplain.attribution.cam import _bilinear_matrix, check_cam_call, upsample
 from jaxplain.attribution.registry import register
 
 __all__ = ["ablation_cam", "eigen_cam", "grad_cam_plus_plus", "hires_cam", "layer_cam",
@@ -95,18 +95,6 @@ def _acts_and_grads(clf, inputs, target, layer):
   return acts, grads, scores
 
 
-def _align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """(out, in) weights of ``nn.UpsamplingBilinear2d`` (bilinear, ``align_corners=True``)."""
-  src = np.arange(out_size) * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
-  lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-  hi = np.minimum(lo + 1, in_size - 1)
-  frac = src - lo
-  m = np.zeros((out_size, in_size))
-  m[np.arange(out_size), lo] += 1 - frac
-  m[np.arange(out_size), hi] += frac
-  return m
-
-
 def _eigen_projection(acts, sign):
   """First principal component map of each ``(h, w, C)`` activation: ``(N, h, w)``."""
   n, h, w, c = acts.shape
@@ -151,8 +139,8 @@ def _cam(clf, inputs, target, *, variant, layer, relu, normalize, interpolate_mo
     cam = _eigen_projection(acts, sign)
   elif variant == "score_cam":
     size = inputs.shape[1:3]
-    rows = jnp.asarray(_align_corners_matrix(h, size[0]), acts.dtype)
-    cols = jnp.asarray(_align_corners_matrix(w, size[1]), acts.dtype)
+    rows = jnp.asarray(_bilinear_matrix(h, size[0], align_corners=True), acts.dtype)
+    cols = jnp.asarray(_bilinear_matrix(w, size[1], align_corners=True), acts.dtype)
     forward = clf.forward
 
     def score(ij):  # one (image, channel): the target logit of the masked image
