@@ -55,7 +55,7 @@ def chunked_map(fn: Callable, xs, *, batch_size: int | None):
 
 def map_chunks(fn: Callable, arrays: Sequence, *, size: int,
                progress: Callable[[int], None] | None = None, key=None,
-               devices: Sequence | None = None):
+               devices: Sequence | None = None, shrink: bool = True):
   """``fn(*chunk)`` (or ``fn(key_i, *chunk)``) over fixed-size chunks of host arrays.
 
   With several devices each chunk is split over them along its rows
@@ -70,6 +70,8 @@ def map_chunks(fn: Callable, arrays: Sequence, *, size: int,
       padding is dropped from the results.
     progress: called with the number of real rows after each chunk.
     key: if given, ``jax.random.fold_in(key, i)`` is passed first for chunk ``i``.
+    shrink: with fewer than ``size`` rows, run one chunk of that many rows; ``False`` pads them
+      to ``size`` (callers that bound their compilations pick sizes from a small set).
     devices: the devices to split chunks over (default: all local devices); with one device
       chunks are passed as NumPy arrays.
 
@@ -85,7 +87,9 @@ def map_chunks(fn: Callable, arrays: Sequence, *, size: int,
     raise ValueError("no rows to process (empty batch)")
   devices = list(jax.local_devices() if devices is None else devices)
   mesh = sharding.batch_mesh(devices) if len(devices) > 1 else None
-  size = min(check_batch_size(size, name="size", allow_none=False), n)
+  size = check_batch_size(size, name="size", allow_none=False)
+  if shrink:  # fewer rows than a chunk: one chunk of exactly those rows
+    size = min(size, n)
   if mesh is not None:
     size = sharding.padded_size(size, mesh.size)
   outs = []

@@ -156,7 +156,7 @@ def classifier_fn(classifier: Classifier, *, batch_size: int = 256) -> Callable[
     if n == 0:
       return np.zeros((0, classifier.num_classes), np.float32)
     return batching.map_chunks(functools.partial(_probabilities, forward), (x,),
-                               size=_chunk_size(n, batch_size))
+                               size=_chunk_size(n, batch_size), shrink=False)
 
   return predict_proba
 

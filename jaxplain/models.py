@@ -157,14 +157,14 @@ def fold_batchnorm(kernel, bn_params, bn_stats, *, dtype, epsilon: float = BN_EP
 def max_pool_2x2(x):
   """2×2 max-pooling with stride 2 (VALID: an odd last row/column is dropped) on NHWC.
 
-  A reshape and a max, not ``lax.reduce_window``: its gradient is an elementwise mask rather
-  than XLA's ``select_and_scatter``, which is slow on CPU. As there (and in PyTorch), the
-  gradient of a window goes to its first maximum in row-major order, which matters for flat
-  image regions whose activations tie exactly.
+  The forward is ``lax.reduce_window`` (so rule-based methods such as DeepLift and LRP see a
+  max-pool), the gradient a ``custom_jvp``: an elementwise mask rather than XLA's
+  ``select_and_scatter``, which is slow on CPU. As there (and in PyTorch), the gradient of a
+  window goes to its first maximum in row-major order, which matters for flat image regions
+  whose activations tie exactly.
   """
-  n, h, w, c = x.shape
-  x = x[:, :h - h % 2, :w - w % 2]
-  return _window_max(x.reshape(n, h // 2, 2, w // 2, 2, c))
+  _, h, w, _ = x.shape
+  return _max_pool_2x2(x[:, :h - h % 2, :w - w % 2])
 
 
 def _first_max_mask(windows):
@@ -177,15 +177,19 @@ def _first_max_mask(windows):
 
 
 @jax.custom_jvp
-def _window_max(windows):
-  return windows.max(axis=(2, 4))
+def _max_pool_2x2(x):
+  return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, (1, 2, 2, 1),
+                           (1, 2, 2, 1), "VALID")
 
 
-@_window_max.defjvp
-def _window_max_jvp(primals, tangents):
-  (windows,), (t,) = primals, tangents
-  mask = _first_max_mask(windows)
-  return windows.max(axis=(2, 4)), jnp.sum(jnp.where(mask, t, jnp.zeros_like(t)), axis=(2, 4))
+@_max_pool_2x2.defjvp
+def _max_pool_2x2_jvp(primals, tangents):
+  (x,), (t,) = primals, tangents
+  n, h, w, c = x.shape
+  windows = (n, h // 2, 2, w // 2, 2, c)
+  mask = _first_max_mask(x.reshape(windows))
+  t = t.reshape(windows)
+  return _max_pool_2x2(x), jnp.sum(jnp.where(mask, t, jnp.zeros_like(t)), axis=(2, 4))
 
 
 def cnn_inference(model: "CNN", variables, x, *, tap: str | None = None, delta=None,

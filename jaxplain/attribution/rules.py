@@ -182,7 +182,7 @@ def _split(j):
 
 def _holds_activation(jaxpr) -> bool:
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name in ("max", "logistic", "tanh"):
+    if eqn.primitive.name in ("max", "logistic", "tanh", "reduce_window_max"):
       return True
     sub = _sub_jaxpr(eqn)
     if sub is not None and _holds_activation(_split(sub)[0]):

@@ -107,10 +107,16 @@ def shifted(forward, input_shift: float):
   """The model of Kindermans et al.'s input-invariance test: on ``x + input_shift`` it computes
   exactly what ``forward`` computes on ``x`` (the shift is undone before the first layer, the
   paper's bias compensation). A ``Classifier`` stays a ``Classifier`` (layers still tap)."""
+  from jaxplain.models import declare_input_range, input_range
+  value_range = input_range(forward)  # the shifted model takes the shifted range
+  low, high = (None, None) if value_range is None else (value_range[0] + float(input_shift),
+                                                         value_range[1] + float(input_shift))
   if isinstance(forward, Classifier):
-    return dataclasses.replace(forward, apply_fn=_ShiftedApply(forward.apply_fn,
-                                                               float(input_shift)))
-  return jax.tree_util.Partial(_shifted_forward, as_forward(forward), float(input_shift))
+    model = dataclasses.replace(forward, apply_fn=_ShiftedApply(forward.apply_fn,
+                                                                float(input_shift)))
+  else:
+    model = jax.tree_util.Partial(_shifted_forward, as_forward(forward), float(input_shift))
+  return declare_input_range(model, low, high)
 
 
 def input_invariance(forward, inputs, target, attributions=None, *, method, key=None,
