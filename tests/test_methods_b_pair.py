@@ -105,10 +105,10 @@ def test_guided_ig_matches_pair(tiny_classifier, face_batch, monkeypatch):
   assert err <= 1e-6, err
 
 
-@pytest.mark.parametrize("faces", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_xrai_matches_pair(tiny_classifier, face_batch, faces):
+@pytest.mark.parametrize("count", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_xrai_matches_pair(tiny_classifier, face_batch, count):
   x, t = face_batch
-  x, t = x[:faces], t[:faces]
+  x, t = x[:count], t[:count]
   segs = A.xrai_segments(x)
   for im, ours in zip(x, segs):  # our segments are PAIR's
     ref = np.stack(pair_xrai._get_segments_felzenszwalb(im))
@@ -121,7 +121,7 @@ def test_xrai_matches_pair(tiny_classifier, face_batch, faces):
     base = np.asarray(A.integrated_gradients(clf.forward, xs, t, steps=5))
     given = A.xrai(clf.forward, xs, t, segments=segs, attributions=base, area_threshold=0.6)
     refs, refs_given = [], []
-    for i in range(faces):
+    for i in range(count):
       masks = list(segs[i][segs[i].any((1, 2))])
       cmf = call_model_function(clf.forward, int(t[i]), "float64")
       refs.append(saliency.XRAI().GetMask(

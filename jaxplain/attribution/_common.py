@@ -30,9 +30,7 @@ def num_classes(forward, inputs, *, name: str = "forward") -> int:
   """K of ``forward`` on ``inputs``, from its abstract evaluation (nothing is computed)."""
   try:
     out = jax.eval_shape(forward, jax.ShapeDtypeStruct(inputs.shape, inputs.dtype))
-  except ValueError:
-    raise
-  except Exception as e:  # a forward that cannot take these inputs
+  except Exception as e:  # a forward that cannot take these inputs (shape, dtype, range)
     raise ValueError(f"`{name}` failed on `inputs` of shape {tuple(inputs.shape)} "
                      f"{inputs.dtype}: {e}") from e
   shape = getattr(out, "shape", None)
