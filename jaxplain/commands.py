@@ -62,6 +62,13 @@ def _output(out, overwrite: bool):
   return checkpoint.atomic_directory(pathlib.Path(out), overwrite=overwrite, kind="report")
 
 
+def _done(out, summary: str, wrote: str) -> pathlib.Path:
+  """Prints a command's one-line ``summary``, logs what it ``wrote`` and returns ``out``."""
+  print(summary)
+  log.info(f"wrote {wrote} to {out}")
+  return pathlib.Path(out)
+
+
 def check_output(out, overwrite: bool) -> None:
   """Fails now, before any work, if ``out`` cannot be written (see :mod:`jaxplain.checkpoint`)."""
   from jaxplain import checkpoint
@@ -239,10 +246,9 @@ def lime(clf, faces, out, cfg: LimeConfig = LimeConfig(), *,
                "config": dataclasses.asdict(cfg), "mean_score": float(np.mean(result.score)),
                "evaluation": None if ev is None else ev.to_json(clf.class_names)}
     (tmp / "lime.json").write_text(json.dumps(summary, indent=1))
-  print(f"LIME on {len(images)} faces ({cfg.num_samples} samples each): mean R^2 of the local "
-        f"models {summary['mean_score']:.3f}")
-  log.info(f"wrote lime_classes.png, lime.npz and lime.json to {out}")
-  return pathlib.Path(out)
+  return _done(out, f"LIME on {len(images)} faces ({cfg.num_samples} samples each): mean R^2 of "
+               f"the local models {summary['mean_score']:.3f}",
+               "lime_classes.png, lime.npz and lime.json")
 
 
 # ------------------------------------------------------------------------------- filters
@@ -307,10 +313,9 @@ def filters(clf, out, cfg: FiltersConfig = FiltersConfig(), *, face=None,
     summary = {"layer": layer, "filters": chosen, "config": dataclasses.asdict(cfg),
                "start_activation": start.tolist(), "final_activation": final.tolist()}
     (tmp / f"filters_{layer}.json").write_text(json.dumps(summary, indent=1))
-  print(f"{layer}: {len(chosen)} filters, mean activation {start.mean():.3g} at the random "
-        f"start -> {final.mean():.3g} after {cfg.steps} steps")
-  log.info(f"wrote filters_{layer}.png and its data to {out}")
-  return pathlib.Path(out)
+  return _done(out, f"{layer}: {len(chosen)} filters, mean activation {start.mean():.3g} at the "
+               f"random start -> {final.mean():.3g} after {cfg.steps} steps",
+               f"filters_{layer}.png and its data")
 
 
 # ------------------------------------------------------------------------------ evaluate

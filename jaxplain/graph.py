@@ -323,67 +323,58 @@ def _linear(a, p, w, ctx):
   return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
-def _affine_weights(a, w, start):
+def _affine_weights(a, p, w, start):
   """(weight, bias) of a norm layer: from the module's variables or the functional inputs."""
   if w is not None:
     return w.get("weight"), w.get("bias")
   rest = a[start:]
+  if p.get("no_weight"):
+    return None, (rest[0] if rest else None)
   return (rest[0] if len(rest) > 0 else None), (rest[1] if len(rest) > 1 else None)
+
+
+def _affine(y, weight, bias, shape):
+  """``y · weight + bias``, each reshaped by ``shape`` to broadcast (``None``: left out)."""
+  if weight is not None:
+    y = y * shape(weight)
+  if bias is not None:
+    y = y + shape(bias)
+  return y
+
+
+def _standardize(x, axes, eps):
+  """``(x − mean) / sqrt(var + eps)`` over ``axes`` (biased variance, as torch's norms)."""
+  mean = jnp.mean(x, axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+  return (x - mean) * lax.rsqrt(var + eps)
 
 
 def _batch_norm(a, p, w, ctx):
   del ctx
   x = a[0]
   if w is not None:
-    rm, rv, weight, bias = w["running_mean"], w["running_var"], w.get("weight"), w.get("bias")
+    rm, rv = w["running_mean"], w["running_var"]
   else:
     rm, rv = a[1], a[2]
-    weight, bias = _affine_weights(a, None, 3)
-    if p.get("no_weight"):
-      weight, bias = None, (a[3] if len(a) > 3 else None)
+  weight, bias = _affine_weights(a, p, w, 3)
   y = (x - _channel(rm, x.ndim)) * lax.rsqrt(_channel(rv, x.ndim) + p["eps"])
-  if weight is not None:
-    y = y * _channel(weight, x.ndim)
-  if bias is not None:
-    y = y + _channel(bias, x.ndim)
-  return y
+  return _affine(y, weight, bias, lambda v: _channel(v, x.ndim))
 
 
 def _layer_norm(a, p, w, ctx):
   del ctx
   x = a[0]
-  axes = tuple(range(x.ndim - p["dims"], x.ndim))
-  mean = jnp.mean(x, axis=axes, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
-  y = (x - mean) * lax.rsqrt(var + p["eps"])
-  weight, bias = _affine_weights(a, w, 1)
-  if p.get("no_weight"):
-    weight, bias = None, (a[1] if len(a) > 1 else None)
-  lift = lambda v: v.reshape((1,) * (x.ndim - v.ndim) + v.shape)
-  if weight is not None:
-    y = y * lift(weight)
-  if bias is not None:
-    y = y + lift(bias)
-  return y
+  y = _standardize(x, tuple(range(x.ndim - p["dims"], x.ndim)), p["eps"])
+  weight, bias = _affine_weights(a, p, w, 1)
+  return _affine(y, weight, bias, lambda v: v.reshape((1,) * (x.ndim - v.ndim) + v.shape))
 
 
 def _group_norm(a, p, w, ctx):
   del ctx
   x = a[0]
-  n, c, g = x.shape[0], x.shape[1], p["groups"]
-  h = x.reshape((n, g, -1))
-  mean = jnp.mean(h, axis=2, keepdims=True)
-  var = jnp.mean(jnp.square(h - mean), axis=2, keepdims=True)
-  y = ((h - mean) * lax.rsqrt(var + p["eps"])).reshape(x.shape)
-  weight, bias = _affine_weights(a, w, 1)
-  if p.get("no_weight"):
-    weight, bias = None, (a[1] if len(a) > 1 else None)
-  del c
-  if weight is not None:
-    y = y * _channel(weight, x.ndim)
-  if bias is not None:
-    y = y + _channel(bias, x.ndim)
-  return y
+  y = _standardize(x.reshape((x.shape[0], p["groups"], -1)), 2, p["eps"]).reshape(x.shape)
+  weight, bias = _affine_weights(a, p, w, 1)
+  return _affine(y, weight, bias, lambda v: _channel(v, x.ndim))
 
 
 def _instance_norm(a, p, w, ctx):
@@ -392,20 +383,13 @@ def _instance_norm(a, p, w, ctx):
   x = a[0]
   if p.get("running"):
     return _batch_norm(a, p, w, None)
-  axes = tuple(range(2, x.ndim))
-  mean = jnp.mean(x, axis=axes, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
-  y = (x - mean) * lax.rsqrt(var + p["eps"])
+  y = _standardize(x, tuple(range(2, x.ndim)), p["eps"])
   weight, bias = (w.get("weight"), w.get("bias")) if w is not None else (None, None)
   if w is None and p.get("weight_input") is not None:
     weight = a[p["weight_input"]]
   if w is None and p.get("bias_input") is not None:
     bias = a[p["bias_input"]]
-  if weight is not None:
-    y = y * _channel(weight, x.ndim)
-  if bias is not None:
-    y = y + _channel(bias, x.ndim)
-  return y
+  return _affine(y, weight, bias, lambda v: _channel(v, x.ndim))
 
 
 def _local_response_norm(a, p, w, ctx):

@@ -231,3 +231,19 @@ def torch_twin(clf, *, train: bool = False):
 
   twin = Twin().to(torch_device())
   return twin.train() if train else twin.eval()
+
+
+def twin_module(twin, clf, layer: str):
+  """The module of :func:`torch_twin`'s ``twin`` whose output is jaxplain's conv ``layer``.
+
+  The twin lays out conv, BatchNorm, ReLU per conv and a max pool per stage, so conv ``s_i``'s
+  output (after its ReLU, as jaxplain's layer) is the ReLU of its triple.
+  """
+  index = 0
+  for s, depth in enumerate(clf.metadata["config"]["depths"], start=1):
+    for i in range(1, depth + 1):
+      if f"conv{s}_{i}" == layer:
+        return twin.features[index + 2]
+      index += 3
+    index += 1
+  raise ValueError(f"{layer!r} is not a conv layer of the CNN")

@@ -67,21 +67,23 @@ def _forward(quick):
                   n, f"{what}; {n} faces, one call each")
 
 
-def _saliency_row(n):
+def _gradient_row(name, captum_class, n):
+  """A row for a gradient method that Captum computes as ``captum_class(model).attribute``."""
   def build(quick):
-    from captum.attr import Saliency
+    import captum.attr
     clf, what, twin, peer_name = _setup()
     m = min(n, 64) if quick else n
     xj, tj, xt, tt = _inputs(m)
-    return Workload(lambda: _attribute(clf, "saliency", xj, tj),
-                    lambda: Saliency(twin).attribute(xt.clone().requires_grad_(), target=tt),
+    peer = getattr(captum.attr, captum_class)(twin)
+    return Workload(lambda: _attribute(clf, name, xj, tj),
+                    lambda: peer.attribute(xt.clone().requires_grad_(), target=tt),
                     peer_name, m, f"{what}; {m} faces, jaxplain chunks of "
                     f"{min(m, IMAGES_PER_BATCH)}")
   return build
 
 
-row("saliency N=32")(_saliency_row(32))
-row("saliency N=256")(_saliency_row(256))
+row("saliency N=32")(_gradient_row("saliency", "Saliency", 32))
+row("saliency N=256")(_gradient_row("saliency", "Saliency", 256))
 
 
 @row("integrated_gradients 50 steps N=32")
@@ -118,22 +120,8 @@ def _smoothgrad_row(n):
 row("smoothgrad 10 samples N=32")(_smoothgrad_row(32))
 
 
-def _guided_row(n):
-  def build(quick):
-    from captum.attr import GuidedBackprop
-    clf, what, twin, peer_name = _setup()
-    m = min(n, 64) if quick else n
-    xj, tj, xt, tt = _inputs(m)
-    return Workload(lambda: _attribute(clf, "guided_backprop", xj, tj),
-                    lambda: GuidedBackprop(twin).attribute(xt.clone().requires_grad_(),
-                                                           target=tt),
-                    peer_name, m, f"{what}; {m} faces, jaxplain chunks of "
-                    f"{min(m, IMAGES_PER_BATCH)}")
-  return build
-
-
-row("guided_backprop N=32")(_guided_row(32))
-row("guided_backprop N=256")(_guided_row(256))
+row("guided_backprop N=32")(_gradient_row("guided_backprop", "GuidedBackprop", 32))
+row("guided_backprop N=256")(_gradient_row("guided_backprop", "GuidedBackprop", 256))
 
 
 # Sweeps (run with --rows 'chunk*'): per-image cost against the chunk size, peer fixed.

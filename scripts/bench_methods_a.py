@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from _bench_common import classifier as _classifier
 from bench_attribution import torch_twin
+from _bench_common import twin_module
 
 FACES, REPS, STEPS = 32, 3, 50
 
@@ -50,14 +51,7 @@ def context(faces: int = FACES) -> Context:
   clf, what = _classifier()
   twin = torch_twin(clf)
   layer = registry.default_layer(clf)
-  # the twin's features are [conv, bn, relu] per block and a max pool per stage
-  cfg, idx = clf.metadata["config"], 0
-  for s, d in enumerate(cfg["depths"], start=1):
-    for i in range(1, d + 1):
-      if f"conv{s}_{i}" == layer:
-        module = twin.features[idx + 2]
-      idx += 3
-    idx += 1
+  module = twin_module(twin, clf, layer)
   sample = data.sample_faces()
   x = np.resize(data.to_float(sample.images), (faces, 48, 48, 1))
   t = np.resize(sample.labels, faces).astype(np.int32)

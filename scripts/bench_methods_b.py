@@ -25,13 +25,13 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from _bench_common import classifier as _classifier  # noqa: E402
 from bench_attribution import torch_twin  # noqa: E402
+from _bench_common import twin_module  # noqa: E402
 
 FACES, REPS = 32, 1
 
@@ -68,14 +68,7 @@ def context(faces: int = FACES) -> Context:
   clf, label = _classifier()
   twin = torch_twin(clf)
   layer = registry.default_layer(clf)
-  # torch_twin lays out conv, BatchNorm, ReLU per conv and a max-pool per stage.
-  cfg, index = clf.metadata["config"], 0
-  for s, d in enumerate(cfg["depths"], start=1):
-    for i in range(1, d + 1):
-      if f"conv{s}_{i}" == layer:
-        module = twin.features[index + 2]
-      index += 3
-    index += 1
+  module = twin_module(twin, clf, layer)
   f = data.sample_faces()
   idx = np.resize(np.arange(len(f.images)), faces)
   x = data.to_float(f.images[idx]).astype(np.float32)

@@ -69,3 +69,30 @@ def network_v2(*, dtype: str = "float32", output_activation: str = "keep"):
     raise ValueError(f"`dtype` must be 'float32' or 'float64', got {dtype!r}")
   import jax
   return _network_v2(dtype, output_activation, bool(jax.config.jax_enable_x64))
+
+
+def network_v2_on_images(*, dtype: str = "float32"):
+  """``(wrapped, module, classifier)``: :func:`network_v2` as the PyTorch tools take it.
+
+  ``wrapped`` is a torch model on [0, 1] NCHW images (it normalises with mean 0.5, std 0.5
+  inside, as the jaxplain classifier does), ``wrapped.module`` the network, a copy whose ReLUs
+  are not in place (Captum's hooks refuse in-place ReLUs; the values are the same).
+  """
+  import copy
+
+  from torch import nn
+  module, clf = network_v2(dtype=dtype)
+  module = copy.deepcopy(module)
+  for m in module.modules():
+    if isinstance(m, nn.ReLU):
+      m.inplace = False
+
+  class Normalised(nn.Module):
+    def __init__(self, module, mean, std):
+      super().__init__()
+      self.module, self.mean, self.std = module, mean, std
+
+    def forward(self, x):
+      return self.module((x - self.mean) / self.std)
+
+  return Normalised(module, 0.5, 0.5).eval(), module, clf

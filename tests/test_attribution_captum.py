@@ -8,9 +8,7 @@ for single-gradient methods.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -82,25 +80,6 @@ def make_twin(clf, dtype):
   return twin.double() if dtype == "float64" else twin.float()
 
 
-class Normalised(nn.Module):
-  """A torch model taking normalised NCHW inputs, fed [0, 1] images as jaxplain's are."""
-
-  def __init__(self, module, mean, std):
-    super().__init__()
-    self.module, self.mean, self.std = module, mean, std
-
-  def forward(self, x):
-    return self.module((x - self.mean) / self.std)
-
-
-def _no_inplace(module):
-  module = copy.deepcopy(module)
-  for m in module.modules():
-    if isinstance(m, nn.ReLU):
-      m.inplace = False  # Captum's hooks refuse in-place ReLUs; the values are the same
-  return module
-
-
 @dataclasses.dataclass
 class Pair:
   """The same network in jaxplain (``clf``) and PyTorch (``torch``, NCHW [0, 1] inputs)."""
@@ -122,9 +101,7 @@ def twin_pair(tiny_classifier, dtype):
 
 
 def network_v2_pair(dtype):
-  module, clf = reference_models.network_v2(dtype=dtype)
-  module = _no_inplace(module)
-  wrapped = Normalised(module, 0.5, 0.5).eval()
+  wrapped, module, clf = reference_models.network_v2_on_images(dtype=dtype)
   return Pair(clf, wrapped, {"conv_3.3": module.conv_3[3], "conv_4.3": module.conv_4[3]}, dtype)
 
 

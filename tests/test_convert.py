@@ -446,26 +446,6 @@ def test_unsupported_raises_naming_op_and_path(module, match):
     convert.from_torch(module(), input_shape=(1, 2, 2) if module is Branchy else (1, 6, 6))
 
 
-class InPlace(nn.Module):
-  """Mutates a tensor in place that it uses again: PyTorch semantics torch.fx cannot see."""
-
-  def __init__(self):
-    super().__init__()
-    self.act = nn.ReLU(inplace=True)
-    self.fc = nn.Linear(4, 2)
-
-  def forward(self, x):
-    h = x.flatten(1) - 0.5
-    y = self.act(h)                                     # h is now relu'd too
-    return self.fc(y + h)
-
-
-def test_conversion_check_refuses_a_silently_different_model():
-  with pytest.raises(ValueError, match="differs from PyTorch"):
-    convert.from_torch(InPlace(), input_shape=(1, 2, 2))
-  convert.from_torch(InPlace(), input_shape=(1, 2, 2), check=False)  # the user's choice
-
-
 def test_argument_errors():
   m = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
   with pytest.raises(ValueError, match="output_activation"):

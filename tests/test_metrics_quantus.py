@@ -36,28 +36,11 @@ TOL = 1e-5
 # ---------------------------------------------------------------------------------------------
 
 
-class Normalised(nn.Module):
-  def __init__(self, module, mean, std):
-    super().__init__()
-    self.module, self.mean, self.std = module, mean, std
-
-  def forward(self, x):
-    return self.module((x - self.mean) / self.std)
-
-
-def _no_inplace(module):
-  module = copy.deepcopy(module)
-  for m in module.modules():
-    if isinstance(m, nn.ReLU):
-      m.inplace = False
-  return module
-
-
 @pytest.fixture(scope="module")
 def v2():
   """(torch model on [0, 1] NCHW, jaxplain classifier) of the pretrained NetworkV2."""
-  module, clf = reference_models.network_v2()
-  return Normalised(_no_inplace(module), 0.5, 0.5).eval(), clf
+  wrapped, _, clf = reference_models.network_v2_on_images()
+  return wrapped, clf
 
 
 def tiny_torch(seed=0):
@@ -312,7 +295,7 @@ def test_sensitivity_max_same_noise_as_captum(v2, batch):
 
 def _variables_of(module):
   """The converted classifier's variables (PyTorch layout, nested by module path) of a torch
-  model wrapped in ``Normalised``."""
+  model wrapped by ``reference_models.network_v2_on_images``."""
   out = {}
   for name, value in module.state_dict().items():
     if name.endswith("num_batches_tracked"):
@@ -338,8 +321,8 @@ def v2_64():
   """NetworkV2 in float64 on both sides: randomised layers leave ReLUs near zero, where the
   two frameworks' float32 roundings flip a few units and move a rank correlation by 1e-3."""
   with jax.enable_x64(True):
-    module, clf = reference_models.network_v2(dtype="float64")
-  return Normalised(_no_inplace(module), 0.5, 0.5).eval(), clf
+    wrapped, _, clf = reference_models.network_v2_on_images(dtype="float64")
+  return wrapped, clf
 
 
 @pytest.mark.parametrize("order", ["top_down", pytest.param("independent", marks=pytest.mark.slow)])

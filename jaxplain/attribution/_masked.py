@@ -14,7 +14,8 @@ import numpy as np
 from jaxplain import batching
 from jaxplain.attribution._common import select
 
-__all__ = ["check_feature_mask", "fill_like", "masked_scores", "superpixel_copy"]
+__all__ = ["check_feature_mask", "check_masked_call", "feature_rows", "fill_like", "masked_scores",
+           "require_key", "superpixel_copy"]
 
 
 def masked_scores(forward, target, make_input, n: int, samples: int, *, batch_size):
@@ -86,3 +87,40 @@ def check_feature_mask(feature_mask, inputs, *, name: str = "feature_mask"):
   if m.size and m.min() < 0:
     raise ValueError(f"`{name}` labels must be >= 0, got {m.min()}")
   return jnp.asarray(m, jnp.int32), int(m.max()) + 1 if m.size else 1
+
+
+def check_masked_call(forward, inputs, target, *, feature_mask, baselines, batch_size):
+  """The checks every superpixel method starts with, in one place.
+
+  Returns:
+    ``(forward, inputs, target, segments, M, fill, batch_size)``: the checked call
+    (:func:`~jaxplain.attribution._common.check_call`), the labels and their count
+    (:func:`check_feature_mask`), the absent-pixel values (:func:`fill_like`) and the checked
+    batch size.
+  """
+  from jaxplain.attribution._common import check_call
+  forward, inputs, target = check_call(forward, inputs, target)
+  segments, m = check_feature_mask(feature_mask, inputs)
+  fill = fill_like(baselines, inputs)
+  return forward, inputs, target, segments, m, fill, batching.check_batch_size(batch_size)
+
+
+def require_key(key, given: str):
+  """Raises unless ``key`` is set: random draws need one unless the exact ``given`` is passed."""
+  if key is None:
+    raise ValueError(f"`key` is required (a jax.random key) unless `{given}` is given")
+
+
+def feature_rows(rows, n: int, m: int, *, name: str, extra: str = ""):
+  """Per-image rows over ``m`` features: ``(S, M)`` (shared) or ``(N, S, M)`` as int32 ``(N, S, M)``.
+
+  Used for exact permutations, coalitions and masks passed instead of a key; ``extra`` ends the
+  error message.
+  """
+  r = jnp.asarray(rows, jnp.int32)
+  if r.ndim == 2:
+    r = jnp.broadcast_to(r, (n,) + r.shape)
+  if r.ndim != 3 or r.shape[0] != n or r.shape[2] != m:
+    raise ValueError(f"`{name}` shape {tuple(np.shape(rows))} must be (S, {m}) or "
+                     f"({n}, S, {m}){extra}")
+  return r

@@ -41,6 +41,7 @@ References:
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -180,6 +181,8 @@ def _cam(clf, inputs, target, *, variant, layer, relu, normalize, interpolate_mo
 
 def _run(variant, classifier, inputs, target, *, layer, relu, normalize, interpolate_mode,
          batch_size=None, sign="svd"):
+  if sign not in EIGEN_SIGNS:
+    raise ValueError(f"`sign` must be one of {EIGEN_SIGNS}, got {sign!r}")
   classifier, inputs, target = check_cam_call(classifier, inputs, target, layer=layer,
                                               interpolate_mode=interpolate_mode, name=variant)
   batch_size = batching.check_batch_size(batch_size)
@@ -204,90 +207,75 @@ _ARGS = """
     ``(N, H, W, 1)`` maps in the dtype of ``inputs``.
 """
 
-_BATCH = """
+_EXTRA_DOCS = {
+    "batch_size": """
     batch_size: (image, channel) evaluations run at once (Ablation-CAM: channels of one image;
-      memory knob; default 256). Static."""
+      memory knob; default 256). Static.""",
+    "sign": """
+    sign: ``"positive"`` (maps correlate positively with the summed activations) or
+      ``"svd"`` (LAPACK's arbitrary sign, as pytorch-grad-cam). Static.""",
+}
+
+# The options every variant takes: (default, annotation).
+_OPTIONS = {"relu": (True, "bool"), "normalize": (True, "bool"),
+            "interpolate_mode": ("bilinear", "str")}
 
 
-def _doc(summary):
-  def wrap(fn):
-    extra = _BATCH if "batch_size" in fn.__code__.co_varnames else ""
-    if fn.__name__ == "eigen_cam":
-      extra = ("\n    sign: ``\"positive\"`` (maps correlate positively with the summed "
-               "activations) or\n      ``\"svd\"`` (LAPACK's arbitrary sign, as "
-               "pytorch-grad-cam). Static.")
-    fn.__doc__ = summary + "\n" + _ARGS.format(extra=extra)
-    return fn
-  return wrap
+def _public(variant: str, label: str, summary: str, **extra):
+  """Defines and registers the public function of one CAM ``variant``.
+
+  Its signature is ``(classifier, inputs, target, *, layer, relu, normalize, interpolate_mode,
+  **extra)``; ``extra`` maps the variant's own options to ``(default, annotation)``.
+  """
+  options = {**_OPTIONS, **extra}
+  kw = inspect.Parameter.KEYWORD_ONLY
+  params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            for n in ("classifier", "inputs", "target")]
+  params.append(inspect.Parameter("layer", kw, annotation="str"))
+  params += [inspect.Parameter(n, kw, default=d, annotation=a) for n, (d, a) in options.items()]
+  defaults = {n: d for n, (d, _) in options.items()}
+
+  def cam(classifier, inputs, target, *, layer, **given):
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+      raise TypeError(f"{variant}() got an unexpected keyword argument {unknown[0]!r}")
+    return _run(variant, classifier, inputs, target, layer=layer, **(defaults | given))
+
+  cam.__name__ = cam.__qualname__ = variant
+  cam.__signature__ = inspect.Signature(params)
+  cam.__doc__ = summary + "\n" + _ARGS.format(extra="".join(_EXTRA_DOCS[n] for n in extra))
+  return register(variant, kind="layer", signed=False, label=label, classifier=True,
+                  layer=True)(cam)
 
 
-def _register(name, label):
-  return register(name, kind="layer", signed=False, label=label, classifier=True, layer=True)
-
-
-@_register("grad_cam_plus_plus", "Grad-CAM++")
-@_doc("Grad-CAM++ (pytorch-grad-cam ``GradCAMPlusPlus``): channels weighted by positive\n"
-      "  gradients with the second/third-order coefficients α of Chattopadhay et al., eq. 19.")
-def grad_cam_plus_plus(classifier, inputs, target, *, layer: str, relu: bool = True,
-                       normalize: bool = True, interpolate_mode: str = "bilinear"):
-  return _run("grad_cam_plus_plus", classifier, inputs, target, layer=layer, relu=relu,
-              normalize=normalize, interpolate_mode=interpolate_mode)
-
-
-@_register("xgrad_cam", "XGrad-CAM")
-@_doc("XGrad-CAM (pytorch-grad-cam ``XGradCAM``): channels weighted by the activation-\n"
-      "  weighted mean gradient ``Σ G·A / Σ A``.")
-def xgrad_cam(classifier, inputs, target, *, layer: str, relu: bool = True,
-              normalize: bool = True, interpolate_mode: str = "bilinear"):
-  return _run("xgrad_cam", classifier, inputs, target, layer=layer, relu=relu,
-              normalize=normalize, interpolate_mode=interpolate_mode)
-
-
-@_register("hires_cam", "HiRes-CAM")
-@_doc("HiRes-CAM (pytorch-grad-cam ``HiResCAM``): the element-wise product of gradients and\n"
-      "  activations summed over channels.")
-def hires_cam(classifier, inputs, target, *, layer: str, relu: bool = True,
-              normalize: bool = True, interpolate_mode: str = "bilinear"):
-  return _run("hires_cam", classifier, inputs, target, layer=layer, relu=relu,
-              normalize=normalize, interpolate_mode=interpolate_mode)
-
-
-@_register("layer_cam", "Layer-CAM")
-@_doc("Layer-CAM (pytorch-grad-cam ``LayerCAM``): activations weighted element-wise by the\n"
-      "  positive gradients, summed over channels.")
-def layer_cam(classifier, inputs, target, *, layer: str, relu: bool = True,
-              normalize: bool = True, interpolate_mode: str = "bilinear"):
-  return _run("layer_cam", classifier, inputs, target, layer=layer, relu=relu,
-              normalize=normalize, interpolate_mode=interpolate_mode)
-
-
-@_register("score_cam", "Score-CAM")
-@_doc("Score-CAM (pytorch-grad-cam ``ScoreCAM``): channels weighted by the softmax of the\n"
-      "  target logit of the input masked by each normalised, upsampled channel.")
-def score_cam(classifier, inputs, target, *, layer: str, relu: bool = True,
-              normalize: bool = True, interpolate_mode: str = "bilinear",
-              batch_size: int | None = 256):
-  return _run("score_cam", classifier, inputs, target, layer=layer, relu=relu,
-              normalize=normalize, interpolate_mode=interpolate_mode, batch_size=batch_size)
-
-
-@_register("ablation_cam", "Ablation-CAM")
-@_doc("Ablation-CAM (pytorch-grad-cam ``AblationCAM``): channels weighted by the relative drop\n"
-      "  of the target logit when each channel is ablated.")
-def ablation_cam(classifier, inputs, target, *, layer: str, relu: bool = True,
-                 normalize: bool = True, interpolate_mode: str = "bilinear",
-                 batch_size: int | None = 256):
-  return _run("ablation_cam", classifier, inputs, target, layer=layer, relu=relu,
-              normalize=normalize, interpolate_mode=interpolate_mode, batch_size=batch_size)
-
-
-@_register("eigen_cam", "Eigen-CAM")
-@_doc("Eigen-CAM (pytorch-grad-cam ``EigenCAM``): the first principal component of the layer's\n"
-      "  centred activations; class-agnostic (``target`` is validated, then unused).")
-def eigen_cam(classifier, inputs, target, *, layer: str, relu: bool = True,
-              normalize: bool = True, interpolate_mode: str = "bilinear",
-              sign: str = "positive"):
-  if sign not in EIGEN_SIGNS:
-    raise ValueError(f"`sign` must be one of {EIGEN_SIGNS}, got {sign!r}")
-  return _run("eigen_cam", classifier, inputs, target, layer=layer, relu=relu,
-              normalize=normalize, interpolate_mode=interpolate_mode, sign=sign)
+grad_cam_plus_plus = _public(
+    "grad_cam_plus_plus", "Grad-CAM++",
+    "Grad-CAM++ (pytorch-grad-cam ``GradCAMPlusPlus``): channels weighted by positive\n"
+    "  gradients with the second/third-order coefficients α of Chattopadhay et al., eq. 19.")
+xgrad_cam = _public(
+    "xgrad_cam", "XGrad-CAM",
+    "XGrad-CAM (pytorch-grad-cam ``XGradCAM``): channels weighted by the activation-\n"
+    "  weighted mean gradient ``Σ G·A / Σ A``.")
+hires_cam = _public(
+    "hires_cam", "HiRes-CAM",
+    "HiRes-CAM (pytorch-grad-cam ``HiResCAM``): the element-wise product of gradients and\n"
+    "  activations summed over channels.")
+layer_cam = _public(
+    "layer_cam", "Layer-CAM",
+    "Layer-CAM (pytorch-grad-cam ``LayerCAM``): activations weighted element-wise by the\n"
+    "  positive gradients, summed over channels.")
+score_cam = _public(
+    "score_cam", "Score-CAM",
+    "Score-CAM (pytorch-grad-cam ``ScoreCAM``): channels weighted by the softmax of the\n"
+    "  target logit of the input masked by each normalised, upsampled channel.",
+    batch_size=(256, "int | None"))
+ablation_cam = _public(
+    "ablation_cam", "Ablation-CAM",
+    "Ablation-CAM (pytorch-grad-cam ``AblationCAM``): channels weighted by the relative drop\n"
+    "  of the target logit when each channel is ablated.",
+    batch_size=(256, "int | None"))
+eigen_cam = _public(
+    "eigen_cam", "Eigen-CAM",
+    "Eigen-CAM (pytorch-grad-cam ``EigenCAM``): the first principal component of the layer's\n"
+    "  centred activations; class-agnostic (``target`` is validated, then unused).",
+    sign=("positive", "str"))

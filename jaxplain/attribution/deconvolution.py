@@ -36,17 +36,9 @@ def deconvolution(forward, inputs, target):
   of the incoming gradient ``g``, whatever the ReLU's input was
   (:data:`jaxplain.attribution.rules.DECONVOLUTION`); every other operation keeps its gradient.
 
-  Args:
-    forward: ``(N, H, W, C) -> (N, K)`` logits (a ``Classifier``, ``classifier.forward``, a
-      converted PyTorch model's forward or any function whose ReLUs are ``max(x, 0)``).
-    inputs: float images ``(N, H, W, C)``.
-    target: int or ``(N,)`` ints.
-
-  Returns:
-    Attributions of the shape and dtype of ``inputs``.
-
-  Raises:
-    ValueError: bad inputs or target, or a ``forward`` without any ReLU.
+  Arguments, result and errors as :func:`~jaxplain.attribution.guided_backprop`: ``forward``
+  may be a ``Classifier``, its forward, a converted PyTorch model's forward or any function
+  whose ReLUs are ``max(x, 0)``; a ``forward`` without any ReLU is refused.
   """
   forward, inputs, target = check_call(forward, inputs, target)
   return _deconvolution(forward, inputs, target)

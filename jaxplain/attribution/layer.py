@@ -146,12 +146,19 @@ def layer_integrated_gradients(classifier: Classifier, inputs, target, *, layer:
   Returns:
     Attributions of the layer's activation shape (or ``(N, H, W, 1)``).
   """
+  return _along_path(_lig, classifier, inputs, target, layer=layer, baselines=baselines,
+                     steps=steps, method=method, batch_size=batch_size, key=key,
+                     interpolate_mode=interpolate_mode)
+
+
+def _along_path(run, classifier, inputs, target, *, layer, baselines, steps, method, batch_size,
+                key, interpolate_mode):
+  """The checks of a layer method along the input path, then ``run`` (jitted) on the baselines."""
   inputs, target = _check(classifier, inputs, target, layer, interpolate_mode)
   _check_options(steps, method, batch_size)
   b = make_baselines(inputs, baselines, key=key)
-  return _lig(classifier, inputs, target, b, layer=layer, steps=int(steps), method=method,
-              batch_size=batching.check_batch_size(batch_size),
-              interpolate_mode=interpolate_mode)
+  return run(classifier, inputs, target, b, layer=layer, steps=int(steps), method=method,
+             batch_size=batching.check_batch_size(batch_size), interpolate_mode=interpolate_mode)
 
 
 @functools.partial(jax.jit, static_argnames=("layer", "steps", "method", "batch_size",
@@ -185,20 +192,14 @@ def layer_conductance(classifier: Classifier, inputs, target, *, layer: str, bas
   ``f_t(x) − f_t(b)``.
 
   Args:
-    classifier, inputs, target, layer, interpolate_mode: as for
-      :func:`layer_gradient_x_activation`.
-    baselines: input baselines, as for :func:`~jaxplain.attribution.integrated_gradients`.
+    classifier, inputs, target, layer, interpolate_mode, baselines, batch_size, key: as for
+      :func:`layer_integrated_gradients`.
     steps: path intervals (Captum ``n_steps``; ``steps + 1`` points are evaluated). Static.
     method: quadrature rule whose points are used (Captum's default ``"gausslegendre"``). Static.
-    batch_size: path points evaluated at once; ``None``: all. Static.
-    key: a ``jax.random`` key for ``baselines="uniform"``.
 
   Returns:
     Attributions of the layer's activation shape (or ``(N, H, W, 1)``).
   """
-  inputs, target = _check(classifier, inputs, target, layer, interpolate_mode)
-  _check_options(steps, method, batch_size)
-  b = make_baselines(inputs, baselines, key=key)
-  return _conductance(classifier, inputs, target, b, layer=layer, steps=int(steps),
-                      method=method, batch_size=batching.check_batch_size(batch_size),
-                      interpolate_mode=interpolate_mode)
+  return _along_path(_conductance, classifier, inputs, target, layer=layer, baselines=baselines,
+                     steps=steps, method=method, batch_size=batch_size, key=key,
+                     interpolate_mode=interpolate_mode)

@@ -24,10 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain import batching
-from jaxplain.attribution._common import check_call, select
-from jaxplain.attribution._masked import (check_feature_mask, fill_like, masked_scores,
-                                          superpixel_copy)
+from jaxplain.attribution._common import select
+from jaxplain.attribution._masked import (check_masked_call, feature_rows, masked_scores,
+                                          require_key, superpixel_copy)
 from jaxplain.attribution.registry import register
 
 __all__ = ["feature_ablation", "kernel_shap", "kernel_shap_coalitions", "shapley_value_sampling",
@@ -85,10 +84,9 @@ def feature_ablation(forward, inputs, target, *, feature_mask=None, baselines=0.
   Returns:
     Attributions of the shape and dtype of ``inputs`` (equal across channels).
   """
-  forward, inputs, target = check_call(forward, inputs, target)
-  segments, m = check_feature_mask(feature_mask, inputs)
-  fill = fill_like(baselines, inputs)
-  batch_size = batching.check_batch_size(batch_size)
+  forward, inputs, target, segments, m, fill, batch_size = check_masked_call(
+      forward, inputs, target, feature_mask=feature_mask, baselines=baselines,
+      batch_size=batch_size)
   return _feature_ablation(forward, inputs, target, fill, segments, m=m, batch_size=batch_size)
 
 
@@ -129,11 +127,7 @@ def shapley_value_sampling(forward, inputs, target, *, feature_mask=None, key, s
   baseline image; a feature's attribution is its mean marginal gain of the target logit.
 
   Args:
-    forward: ``(N, H, W, C) -> (N, K)`` logits.
-    inputs: float images ``(N, H, W, C)``.
-    target: int or ``(N,)`` ints.
-    feature_mask: int labels ``(N, H, W)`` or ``(H, W)``, ``0..M-1``; default LIME's
-      superpixels (``jaxplain.lime.segment_faces(inputs)``).
+    forward, inputs, target, feature_mask: as for :func:`feature_ablation`.
     key: PRNG key for the orders (may be ``None`` when ``permutations`` is given).
     samples: random orders per image (Captum ``n_samples``, default 25). Static.
     baselines: the value of absent pixels, a number or an array broadcastable to ``inputs``.
@@ -144,23 +138,16 @@ def shapley_value_sampling(forward, inputs, target, *, feature_mask=None, key, s
   Returns:
     Attributions of the shape and dtype of ``inputs`` (equal across channels).
   """
-  forward, inputs, target = check_call(forward, inputs, target)
-  segments, m = check_feature_mask(feature_mask, inputs)
-  fill = fill_like(baselines, inputs)
-  batch_size = batching.check_batch_size(batch_size)
+  forward, inputs, target, segments, m, fill, batch_size = check_masked_call(
+      forward, inputs, target, feature_mask=feature_mask, baselines=baselines,
+      batch_size=batch_size)
   n = inputs.shape[0]
   if permutations is None:
     samples = _check_samples(samples)
-    if key is None:
-      raise ValueError("`key` is required (a jax.random key) unless `permutations` is given")
+    require_key(key, "permutations")
     perms = shapley_permutations(key, n, samples, m)
   else:
-    perms = jnp.asarray(permutations, jnp.int32)
-    if perms.ndim == 2:
-      perms = jnp.broadcast_to(perms, (n,) + perms.shape)
-    if perms.ndim != 3 or perms.shape[0] != n or perms.shape[2] != m:
-      raise ValueError(f"`permutations` shape {tuple(np.shape(permutations))} must be "
-                       f"(samples, {m}) or ({n}, samples, {m})")
+    perms = feature_rows(permutations, n, m, name="permutations")
     if not np.array_equal(np.sort(np.asarray(perms), axis=-1),
                           np.broadcast_to(np.arange(m), perms.shape)):
       raise ValueError(f"`permutations` rows must be permutations of 0..{m - 1}")
@@ -227,11 +214,7 @@ def kernel_shap(forward, inputs, target, *, feature_mask=None, key, samples: int
   model (a sum of per-feature terms) with enough samples these are exactly the terms' changes.
 
   Args:
-    forward: ``(N, H, W, C) -> (N, K)`` logits.
-    inputs: float images ``(N, H, W, C)``.
-    target: int or ``(N,)`` ints.
-    feature_mask: int labels ``(N, H, W)`` or ``(H, W)``, ``0..M-1``; default LIME's
-      superpixels (``jaxplain.lime.segment_faces(inputs)``).
+    forward, inputs, target, feature_mask: as for :func:`feature_ablation`.
     key: PRNG key for the coalitions (may be ``None`` when ``coalitions`` is given).
     samples: coalitions per image, the full and the empty one included (Captum ``n_samples``,
       default 25). Static.
@@ -244,21 +227,14 @@ def kernel_shap(forward, inputs, target, *, feature_mask=None, key, samples: int
     Attributions of the shape and dtype of ``inputs`` (equal across channels). The regression
     runs in float64 under ``jax_enable_x64``, else float32.
   """
-  forward, inputs, target = check_call(forward, inputs, target)
-  segments, m = check_feature_mask(feature_mask, inputs)
-  fill = fill_like(baselines, inputs)
-  batch_size = batching.check_batch_size(batch_size)
+  forward, inputs, target, segments, m, fill, batch_size = check_masked_call(
+      forward, inputs, target, feature_mask=feature_mask, baselines=baselines,
+      batch_size=batch_size)
   n = inputs.shape[0]
   if coalitions is None:
     samples = _check_samples(samples, minimum=2)
-    if key is None:
-      raise ValueError("`key` is required (a jax.random key) unless `coalitions` is given")
+    require_key(key, "coalitions")
     rows = kernel_shap_coalitions(key, n, samples, m)
   else:
-    rows = jnp.asarray(coalitions, jnp.int32)
-    if rows.ndim == 2:
-      rows = jnp.broadcast_to(rows, (n,) + rows.shape)
-    if rows.ndim != 3 or rows.shape[0] != n or rows.shape[2] != m:
-      raise ValueError(f"`coalitions` shape {tuple(np.shape(coalitions))} must be "
-                       f"(samples, {m}) or ({n}, samples, {m})")
+    rows = feature_rows(coalitions, n, m, name="coalitions")
   return _kernel_shap(forward, inputs, target, fill, segments, rows, batch_size=batch_size)

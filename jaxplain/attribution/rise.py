@@ -23,8 +23,8 @@ import numpy as np
 
 from jaxplain import batching
 from jaxplain.attribution._common import check_call
-from jaxplain.attribution._masked import (check_feature_mask, fill_like, masked_scores,
-                                          superpixel_copy)
+from jaxplain.attribution._masked import (check_feature_mask, feature_rows, fill_like,
+                                          masked_scores, require_key, superpixel_copy)
 from jaxplain.attribution.registry import register
 
 __all__ = ["rise", "rise_masks", "rise_masks_from"]
@@ -149,8 +149,7 @@ def rise(forward, inputs, target, *, key, samples: int = 4000, grid: int = 8, p:
     raise ValueError(f"`p` must be in (0, 1], got {p!r}")
   n, h, w = inputs.shape[:3]
   if masks is None:
-    if key is None:
-      raise ValueError("`key` is required (a jax.random key) unless `masks` is given")
+    require_key(key, "masks")
     batching.check_batch_size(samples, name="samples", allow_none=False)
     batching.check_batch_size(grid, name="grid", allow_none=False)
   if feature_mask is None:
@@ -165,12 +164,8 @@ def rise(forward, inputs, target, *, key, samples: int = 4000, grid: int = 8, p:
   if masks is None:
     keep = jax.random.bernoulli(key, p, (n, int(samples), m)).astype(jnp.int32)
   else:
-    keep = jnp.asarray(masks, jnp.int32)
-    if keep.ndim == 2:
-      keep = jnp.broadcast_to(keep, (n,) + keep.shape)
-    if keep.ndim != 3 or keep.shape[0] != n or keep.shape[2] != m:
-      raise ValueError(f"`masks` shape {tuple(np.shape(masks))} must be (S, {m}) or "
-                       f"({n}, S, {m}) with a `feature_mask` of {m} features")
+    keep = feature_rows(masks, n, m, name="masks",
+                        extra=f" with a `feature_mask` of {m} features")
   return _rise_superpixels(forward, inputs, target, fill, segments, keep,
                            jnp.asarray(p, inputs.dtype), logits=bool(logits),
                            batch_size=batch_size)

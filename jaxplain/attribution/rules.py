@@ -71,15 +71,17 @@ class Epsilon:
 
 
 @dataclasses.dataclass(frozen=True)
-class Norm:
+class _Stabilized:
+  """A rule whose only setting is the ``stabilizer`` added to its denominators (Zennit's)."""
+  stabilizer: float = 1e-6
+
+
+class Norm(_Stabilized):
   """Zennit ``Norm`` for average pooling: LRP-ε without weights, ``stabilizer`` as ε."""
-  stabilizer: float = 1e-6
 
 
-@dataclasses.dataclass(frozen=True)
-class ZPlus:
+class ZPlus(_Stabilized):
   """LRP-z⁺ (Zennit ``ZPlus``): positive weights on positive inputs, negative on negative."""
-  stabilizer: float = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,16 +99,12 @@ class Gamma:
   stabilizer: float = 1e-6
 
 
-@dataclasses.dataclass(frozen=True)
-class Flat:
+class Flat(_Stabilized):
   """LRP-flat (Zennit ``Flat``): unit weights and inputs, no bias."""
-  stabilizer: float = 1e-6
 
 
-@dataclasses.dataclass(frozen=True)
-class WSquare:
+class WSquare(_Stabilized):
   """LRP-w² (Zennit ``WSquare``): squared weights (and bias), unit inputs."""
-  stabilizer: float = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)

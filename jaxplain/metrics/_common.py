@@ -77,6 +77,42 @@ def check_positive(value, name: str, *, allow_none: bool = False) -> int | None:
   return batching.check_batch_size(value, name=name, allow_none=allow_none)
 
 
+def check_features_in_step(features_in_step, inputs) -> tuple[int, int]:
+  """``(f, d)``: ``features_in_step`` checked against the ``d`` features of one image."""
+  f = check_positive(features_in_step, "features_in_step")
+  d = int(np.prod(inputs.shape[1:]))
+  if f > d:
+    raise ValueError(f"`features_in_step` must be at most the {d} features of an image, got {f}")
+  return f, d
+
+
+def need_key(key, perturb_baseline, name: str):
+  """``key``, required when ``perturb_baseline="uniform"`` draws values (else a fixed one)."""
+  if perturb_baseline == "uniform" and key is None:
+    raise ValueError(f"{name}: `perturb_baseline='uniform'` draws random values, pass `key`")
+  return jax.random.key(0) if key is None else key
+
+
+def explained_call(method, forward, inputs, target, attributions, method_options):
+  """The checks of a metric that calls the attribution ``method`` itself, before any work.
+
+  Returns:
+    ``(method, model, inputs, target, attributions, static, dynamic)``: the checked method, the
+    model as methods take it (:func:`as_model`), the checked inputs and targets, the maps
+    (computed when ``attributions`` is ``None``) and the method's options split by
+    :func:`split_options`.
+  """
+  method = check_method(method)
+  model = as_model(forward)
+  _, inputs, target, _ = check_metric_call(forward, inputs, target, None,
+                                           need_attributions=False)
+  static, dynamic = split_options(method_options)
+  if attributions is None:
+    attributions = call_method(method, model, inputs, target, static, dynamic)
+  _, inputs, target, attributions = check_metric_call(forward, inputs, target, attributions)
+  return method, model, inputs, target, attributions, static, dynamic
+
+
 def check_baseline(perturb_baseline) -> str | float:
   if isinstance(perturb_baseline, str):
     if perturb_baseline.lower() not in BASELINES:

@@ -10,14 +10,13 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxplain.attribution._common import as_forward
 from jaxplain.attribution.integrated_gradients import completeness_gap
-from jaxplain.metrics._common import (as_model, auto_steps, baseline_values, call_method,
-                                      check_baseline, check_method, check_metric_call,
-                                      check_positive, evaluate_copies, flat, predict_target,
-                                      preprocess, split_options)
+from jaxplain.metrics._common import (auto_steps, baseline_values, call_method, check_baseline,
+                                      check_features_in_step, check_metric_call,
+                                      evaluate_copies, explained_call, flat, need_key,
+                                      predict_target, preprocess)
 from jaxplain.models import Classifier
 
 __all__ = ["completeness_gap", "input_invariance", "non_sensitivity", "shifted"]
@@ -74,14 +73,9 @@ def non_sensitivity(forward, inputs, target, attributions, *, key=None, eps: flo
     Nguyen & Martinez, "On quantitative aspects of model interpretability", 2020.
   """
   forward, inputs, target, attributions = check_metric_call(forward, inputs, target, attributions)
-  f = check_positive(features_in_step, "features_in_step")
-  d = int(np.prod(inputs.shape[1:]))
-  if f > d:
-    raise ValueError(f"`features_in_step` must be at most the {d} features of an image, got {f}")
+  f, d = check_features_in_step(features_in_step, inputs)
   perturb_baseline = check_baseline(perturb_baseline)
-  if perturb_baseline == "uniform" and key is None:
-    raise ValueError("non_sensitivity: `perturb_baseline='uniform'` needs `key`")
-  key = jax.random.key(0) if key is None else key
+  key = need_key(key, perturb_baseline, "non_sensitivity")
   return _non_sensitivity(forward, inputs, target, attributions, key, features_in_step=f,
                           eps=float(eps), perturb_baseline=perturb_baseline,
                           softmax=bool(softmax), abs=bool(abs), normalise=bool(normalise),
@@ -155,14 +149,8 @@ def input_invariance(forward, inputs, target, attributions=None, *, method, key=
     Kindermans et al., "The (Un)reliability of Saliency Methods", 2017.
   """
   del key
-  method = check_method(method)
-  model = as_model(forward)
-  _, inputs, target, _ = check_metric_call(forward, inputs, target, None,
-                                           need_attributions=False)
-  static, dynamic = split_options(method_options)
-  if attributions is None:
-    attributions = call_method(method, model, inputs, target, static, dynamic)
-  _, inputs, target, attributions = check_metric_call(forward, inputs, target, attributions)
+  method, model, inputs, target, attributions, static, dynamic = explained_call(
+      method, forward, inputs, target, attributions, method_options)
   a = preprocess(attributions, normalise=bool(normalise), abs=bool(abs))
   b = call_method(method, shifted(model, input_shift), inputs + input_shift, target, static,
                   dynamic)

@@ -22,17 +22,12 @@ import numpy as np
 
 from jaxplain import batching
 from jaxplain.metrics._common import (Curve, auc, auto_steps, baseline_values, check_baseline,
-                                      check_metric_call, check_positive, evaluate_copies, flat,
-                                      pearson, predict_target, preprocess, spearman)
+                                      check_features_in_step, check_metric_call, check_positive,
+                                      evaluate_copies, flat, need_key, pearson, predict_target,
+                                      preprocess, spearman)
 
 __all__ = ["faithfulness_correlation", "infidelity", "insertion", "monotonicity_correlation",
            "pixel_flipping", "region_perturbation", "road"]
-
-
-def _need_key(key, perturb_baseline, name):
-  if perturb_baseline == "uniform" and key is None:
-    raise ValueError(f"{name}: `perturb_baseline='uniform'` draws random values, pass `key`")
-  return jax.random.key(0) if key is None else key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,12 +61,9 @@ def _flip(forward, inputs, target, attributions, key, *, features_in_step, pertu
 def _flipping(name, forward, inputs, target, attributions, key, *, features_in_step, abs,
               normalise, perturb_baseline, softmax, batch_size, insert):  # noqa: A002
   forward, inputs, target, attributions = check_metric_call(forward, inputs, target, attributions)
-  f = check_positive(features_in_step, "features_in_step")
-  d = int(np.prod(inputs.shape[1:]))
-  if f > d:
-    raise ValueError(f"`features_in_step` must be at most the {d} features of an image, got {f}")
+  f, d = check_features_in_step(features_in_step, inputs)
   perturb_baseline = check_baseline(perturb_baseline)
-  key = _need_key(key, perturb_baseline, name)
+  key = need_key(key, perturb_baseline, name)
   steps = math.ceil(d / f)
   return _flip(forward, inputs, target, attributions, key, features_in_step=f,
                perturb_baseline=perturb_baseline, softmax=bool(softmax), abs=bool(abs),
@@ -230,7 +222,7 @@ def region_perturbation(forward, inputs, target, attributions, *, key=None, patc
   perturb_baseline = check_baseline(perturb_baseline)
   if order == "random" and key is None:
     raise ValueError("region_perturbation: `order='random'` draws a random order, pass `key`")
-  key = _need_key(key, perturb_baseline, "region_perturbation")
+  key = need_key(key, perturb_baseline, "region_perturbation")
   return _region(forward, inputs, target, attributions, key, patch_size=p, order=order,
                  regions=regions, perturb_baseline=perturb_baseline, softmax=bool(softmax),
                  abs=bool(abs), normalise=bool(normalise),
@@ -319,7 +311,7 @@ def faithfulness_correlation(forward, inputs, target, attributions, *, key=None,
                                                                           jnp.integer):
       raise ValueError(f"`indices` must be int (N, nr_runs, subset_size) with N = {n}, got "
                        f"{indices.dtype} {tuple(indices.shape)}")
-    key = _need_key(key, perturb_baseline, "faithfulness_correlation")
+    key = need_key(key, perturb_baseline, "faithfulness_correlation")
   return _faith_corr(forward, inputs, target, attributions, indices.astype(jnp.int32), key,
                      perturb_baseline=perturb_baseline, softmax=bool(softmax), abs=bool(abs),
                      normalise=bool(normalise),
@@ -398,7 +390,7 @@ def monotonicity_correlation(forward, inputs, target, attributions, *, key=None,
   perturb_baseline = check_baseline(perturb_baseline)
   if values is None:
     samples = check_positive(nr_samples, "nr_samples")
-    key = _need_key(key, perturb_baseline, "monotonicity_correlation")
+    key = need_key(key, perturb_baseline, "monotonicity_correlation")
     values = baseline_values(inputs, perturb_baseline, key, (steps, samples))
   else:
     values = jnp.asarray(values, inputs.dtype)

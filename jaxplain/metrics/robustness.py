@@ -10,13 +10,13 @@ layer methods such as Grad-CAM).
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
 
-from jaxplain.metrics._common import (as_model, auto_steps, call_method, check_method,
-                                      check_metric_call, check_positive, flat, preprocess,
-                                      split_options)
+from jaxplain.metrics._common import (auto_steps, call_method, check_positive,
+                                      explained_call, flat, preprocess)
 from jaxplain.attribution._common import as_forward
 from jaxplain import batching
 
@@ -52,14 +52,8 @@ def _sensitivities(model, inputs, target, attributions, noise, dynamic, *, metho
 
 def _run(name, forward, inputs, target, attributions, *, method, key, nr_samples, draw, kind,
          normalise, abs, method_options, noise, nan_on_change, batch_size, reduce):  # noqa: A002
-  method = check_method(method)
-  model = as_model(forward)
-  _, inputs, target, _ = check_metric_call(forward, inputs, target, None,
-                                           need_attributions=False)
-  static, dynamic = split_options(method_options)
-  if attributions is None:
-    attributions = call_method(method, model, inputs, target, static, dynamic)
-  _, inputs, target, attributions = check_metric_call(forward, inputs, target, attributions)
+  method, model, inputs, target, attributions, static, dynamic = explained_call(
+      method, forward, inputs, target, attributions, method_options)
   if noise is None:
     samples = check_positive(nr_samples, "nr_samples")
     if key is None:
@@ -91,12 +85,28 @@ def _uniform(lower_bound, upper_bound):
   return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, lo, hi)
 
 
-def max_sensitivity(forward, inputs, target, attributions=None, *, method, key=None,
-                    nr_samples: int = 200, lower_bound: float = 0.2,
-                    upper_bound: float | None = None, abs: bool = False,  # noqa: A002
-                    normalise: bool = False, method_options=None, noise=None,
-                    return_nan_when_prediction_changes: bool = False,
-                    batch_size: int | None = None):
+def _relative_sensitivity(reduce, name, forward, inputs, target, attributions=None, *, method,
+                          key=None, nr_samples: int = 200, lower_bound: float = 0.2,
+                          upper_bound: float | None = None, abs: bool = False,  # noqa: A002
+                          normalise: bool = False, method_options=None, noise=None,
+                          return_nan_when_prediction_changes: bool = False,
+                          batch_size: int | None = None):
+  return _run(name, forward, inputs, target, attributions, method=method, key=key,
+              nr_samples=nr_samples, draw=_uniform(lower_bound, upper_bound), kind="relative",
+              normalise=normalise, abs=abs, method_options=method_options, noise=noise,
+              nan_on_change=return_nan_when_prediction_changes, batch_size=batch_size,
+              reduce=reduce)
+
+
+def _public_signature(fn):
+  """``fn``'s signature shows ``_relative_sensitivity``'s options (without its first two)."""
+  sig = inspect.signature(_relative_sensitivity)
+  fn.__signature__ = sig.replace(parameters=list(sig.parameters.values())[2:])
+  return fn
+
+
+@_public_signature
+def max_sensitivity(forward, inputs, target, attributions=None, **options):
   """Max-sensitivity: the largest relative change of the explanation under uniform noise.
 
   Quantus ``MaxSensitivity``: ``nr_samples`` times, ``x + U(-lower_bound, lower_bound)`` (or
@@ -125,26 +135,16 @@ def max_sensitivity(forward, inputs, target, attributions=None, *, method, key=N
   References:
     Yeh et al., "On the (In)fidelity and Sensitivity of Explanations", NeurIPS 2019.
   """
-  return _run("max_sensitivity", forward, inputs, target, attributions, method=method, key=key,
-              nr_samples=nr_samples, draw=_uniform(lower_bound, upper_bound), kind="relative",
-              normalise=normalise, abs=abs, method_options=method_options, noise=noise,
-              nan_on_change=return_nan_when_prediction_changes, batch_size=batch_size,
-              reduce="max")
+  return _relative_sensitivity("max", "max_sensitivity", forward, inputs, target, attributions,
+                               **options)
 
 
-def avg_sensitivity(forward, inputs, target, attributions=None, *, method, key=None,
-                    nr_samples: int = 200, lower_bound: float = 0.2,
-                    upper_bound: float | None = None, abs: bool = False,  # noqa: A002
-                    normalise: bool = False, method_options=None, noise=None,
-                    return_nan_when_prediction_changes: bool = False,
-                    batch_size: int | None = None):
+@_public_signature
+def avg_sensitivity(forward, inputs, target, attributions=None, **options):
   """Avg-sensitivity: :func:`max_sensitivity` averaged over the samples instead of maximised
   (Quantus ``AvgSensitivity``). Lower is better. Arguments as :func:`max_sensitivity`."""
-  return _run("avg_sensitivity", forward, inputs, target, attributions, method=method, key=key,
-              nr_samples=nr_samples, draw=_uniform(lower_bound, upper_bound), kind="relative",
-              normalise=normalise, abs=abs, method_options=method_options, noise=noise,
-              nan_on_change=return_nan_when_prediction_changes, batch_size=batch_size,
-              reduce="mean")
+  return _relative_sensitivity("mean", "avg_sensitivity", forward, inputs, target, attributions,
+                               **options)
 
 
 def local_lipschitz_estimate(forward, inputs, target, attributions=None, *, method, key=None,
