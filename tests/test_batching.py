@@ -7,11 +7,21 @@ from jaxplain import batching
 
 
 def test_chunked_map_equals_vmap_for_every_batch_size():
-  xs = jnp.arange(10.0)
-  want = jax.vmap(jnp.sin)(xs)
-  for b in (None, 1, 3, 10, 99):
-    np.testing.assert_allclose(jax.jit(lambda x: batching.chunked_map(jnp.sin, x, batch_size=b))(xs),
-                               want, rtol=1e-6)
+  """Written-out chunks (up to MAX_UNROLLED_CHUNKS, a last partial one included), the loop
+  beyond, pytrees in and out, and gradients through both."""
+  xs = {"a": jnp.arange(100.0) / 10, "b": jnp.ones((100, 2))}
+
+  def fn(row):
+    return {"sin": jnp.sin(row["a"]), "sum": row["b"] * row["a"]}
+
+  want = jax.vmap(fn)(xs)
+  assert 100 // 7 + 1 <= batching.MAX_UNROLLED_CHUNKS < 100  # 7: written out; 1: the loop
+  for b in (None, 1, 7, 10, 99, 200):
+    got = jax.jit(lambda x, b=b: batching.chunked_map(fn, x, batch_size=b))(xs)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-6), got, want)
+    grad = jax.grad(lambda a, b=b: jnp.sum(batching.chunked_map(
+        fn, {"a": a, "b": xs["b"]}, batch_size=b)["sin"]))(xs["a"])
+    np.testing.assert_allclose(grad, jnp.cos(xs["a"]), rtol=1e-6)
 
 
 def test_map_chunks_pads_with_a_real_row_and_compiles_once():
