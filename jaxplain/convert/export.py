@@ -112,6 +112,46 @@ def _select(args, c):
   return "getitem", c.refs([x]), {"items": tuple(items)}
 
 
+def _index(args, c):
+  """``aten.index``: ``x[:, idx]``-style advanced indexing (``None`` entries are full slices)."""
+  x = args["input"]
+  items, inputs = [], c.refs([x])
+  for it in args["indices"]:
+    if it is None:
+      items.append(("s", None, None, None))
+    elif c.ref(it) is not None:
+      items.append(("t", len(inputs)))
+      inputs.append(c.ref(it))
+    else:
+      v = c.static(it, "index")
+      if getattr(v, "dtype", None) is not None and str(v.dtype) == "torch.bool":
+        raise ValueError(f"index {c.node.name!r} at {c.path!r}: boolean masks are not supported")
+      v = v.tolist() if hasattr(v, "tolist") else v
+      items.append(("l", v) if isinstance(v, (list, tuple)) else ("i", int(v)))
+  if items and items[0][0] in ("i", "l", "t") and c.batch_first(x):
+    raise ValueError(f"index {c.node.name!r} at {c.path!r} selects along the batch axis")
+  return "getitem", inputs, {"items": tuple(items)}
+
+
+# ATen ops returning (values, indices) where the functional form returns the values alone.
+_WITH_INDICES = ("adaptive_max_pool2d", "max_pool2d_with_indices")
+
+
+def _getitem(convert):
+  """``getitem`` of a values-and-indices pair: the values are the op itself."""
+  def conv(args, c):
+    src = args["input"]
+    if getattr(src, "op", None) == "call_function" and \
+        getattr(src.target, "_schema", None) is not None and \
+        src.target._schema.name.split("::")[-1] in _WITH_INDICES:
+      if c.static(args["index"], "index") != 0:
+        raise ValueError(f"{c.node.name!r} at {c.path!r} uses the indices of a max pool, "
+                         "which jaxplain does not convert")
+      return "identity", c.refs([src]), {}
+    return convert(args, c)
+  return conv
+
+
 def _grid_sampler(convert):
   def conv(args, c):
     args = dict(args)
@@ -222,6 +262,7 @@ def aten_table():
   add(by_fn(torch.narrow), "narrow")
   add(_slice, "slice")
   add(_select, "select")
+  add(_index, "index")
   add(by_fn(torch.matmul), "matmul", "bmm", "mm")
   add(_renamed(by_fn(torch.einsum), **{"*operands": "tensors"}), "einsum")
   add(by_fn(torch.clamp), "clamp", "clamp_", "clip", "clip_")
@@ -232,6 +273,9 @@ def aten_table():
   add(_upsample, *_MODES)
   add(by_fn(F.affine_grid), "affine_grid_generator")
   add(_grid_sampler(by_fn(F.grid_sample)), "grid_sampler", "grid_sampler_2d")
+  add(by_fn(F.adaptive_max_pool2d), "adaptive_max_pool2d")
+  add(by_fn(F.max_pool2d), "max_pool2d_with_indices")
   import operator
-  table[operator.getitem] = funcs[operator.getitem]
+  spec, convert = funcs[operator.getitem]
+  table[operator.getitem] = (spec, _getitem(convert))
   return table, {}

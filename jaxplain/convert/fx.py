@@ -273,6 +273,8 @@ def convert_graph(gm, runs, input_shape, mean, std, *, tables=None, path_of=node
       continue
     if not (is_tensor(value) or _is_tensor_tuple(value)):
       continue  # sizes, shapes, Python arithmetic: folded into the ops that use them
+    if not node.users:
+      continue  # a value nothing reads (a max pool's unused indices)
     target = node.target
     entry = funcs.get(target) if node.op == "call_function" else methods.get(target)
     what = target_name(target)
@@ -296,6 +298,10 @@ def convert_graph(gm, runs, input_shape, mean, std, *, tables=None, path_of=node
     ops, names = _leaf_taps(ops, leaves)
   if output is None:
     raise ValueError("the traced module has no output")
+  used = {i for op in ops for i in op.inputs}  # drop tensors no op reads (BN's step counter)
+  unused = {op.weights for op in ops if op.kind == "param" and op.name not in used}
+  ops = [op for op in ops if op.kind != "param" or op.name in used]
+  flat = {k: v for k, v in flat.items() if k not in unused}
   out_shape = tuple(a[output].shape)
   if out_shape[:1] != (2,) or tuple(b[output].shape)[:1] != (3,):
     raise ValueError(f"the module's output has shape {out_shape} for a batch of 2; the first "

@@ -92,7 +92,8 @@ def _conv_params(m, path):
 
 
 def pool_params(k, s, p, d=1):
-  return {"kernel": _pair(k), "stride": _pair(s if s not in (None, ()) else k),
+  empty = s is None or (isinstance(s, (list, tuple)) and len(s) == 0)  # ATen's default: []
+  return {"kernel": _pair(k), "stride": _pair(k if empty else s),
           "padding": _pair(p), "dilation": _pair(d)}
 
 
@@ -476,7 +477,8 @@ def _adaptive(kind):
     if c.static(args.get("return_indices", False), "return_indices"):
       raise ValueError(f"{kind} {c.node.name!r} at {c.path!r}: return_indices is not supported")
     n = 1 if c.target_name.endswith("1d") else 2
-    return kind, c.refs([args["input"]]), {"output_size": tuple(c.value.shape[-n:])}
+    out = c.value[0] if isinstance(c.value, tuple) else c.value  # ATen's (values, indices)
+    return kind, c.refs([args["input"]]), {"output_size": tuple(out.shape[-n:])}
   return conv
 
 
