@@ -855,6 +855,11 @@ def _grid_sample(a, p, w, ctx):
 # --- attention (torchvision ViT) -------------------------------------------------------------
 
 
+def _last_axis(v, ndim):
+  """A bias vector shaped to broadcast over the last axis (explicit ranks, no rank promotion)."""
+  return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
 def _multi_head_attention(a, p, w, ctx):
   """``nn.MultiheadAttention`` (no masks): returns ``(output, averaged attention weights)``."""
   del ctx
@@ -872,7 +877,7 @@ def _multi_head_attention(a, p, w, ctx):
 
   def proj(t, wt, b):
     y = jnp.matmul(t, wt.T, precision=_HI)
-    return y if b is None else y + b
+    return y if b is None else y + _last_axis(b, y.ndim)
 
   n, lq, lk = q.shape[0], q.shape[1], k.shape[1]
   dh = e // heads
@@ -884,7 +889,7 @@ def _multi_head_attention(a, p, w, ctx):
   out = jnp.einsum("nhqk,nkhd->nqhd", attn, vh, precision=_HI).reshape(n, lq, -1)
   out = jnp.matmul(out, w["out_proj"]["weight"].T, precision=_HI)
   if "bias" in w["out_proj"]:
-    out = out + w["out_proj"]["bias"]
+    out = out + _last_axis(w["out_proj"]["bias"], out.ndim)
   if not p["batch_first"]:
     out = jnp.swapaxes(out, 0, 1)
   return (out, jnp.mean(attn, axis=1) if p["need_weights"] else None)
@@ -916,7 +921,7 @@ def _shifted_window_attention(a, p, w, ctx):
     qkv_b = qkv_b.at[n3:2 * n3].set(0)
   qkv = jnp.matmul(x, qkv_w.T, precision=_HI)
   if qkv_b is not None:
-    qkv = qkv + qkv_b
+    qkv = qkv + _last_axis(qkv_b, qkv.ndim)
   qkv = qkv.reshape(b * nw, t, 3, heads, c // heads).transpose(2, 0, 3, 1, 4)
   q, k, v = qkv[0], qkv[1], qkv[2]
   if logit_scale is not None:
@@ -943,7 +948,7 @@ def _shifted_window_attention(a, p, w, ctx):
   x = jnp.matmul(attn, v, precision=_HI).transpose(0, 2, 1, 3).reshape(b * nw, t, c)
   x = jnp.matmul(x, proj_w.T, precision=_HI)
   if proj_b is not None:
-    x = x + proj_b
+    x = x + _last_axis(proj_b, x.ndim)
   x = x.reshape(b, ph // wh, pw // ww, wh, ww, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c)
   if sum(shift) > 0:
     x = jnp.roll(x, (shift[0], shift[1]), (1, 2))

@@ -1,7 +1,8 @@
 """PyTorch CNNs → jaxplain classifiers (torch imported lazily, only to convert).
 
 :func:`from_torch` traces a ``torch.nn.Module`` with ``torch.fx`` (:mod:`.fx`; leaf ``torch.nn``
-layers stay whole, everything else is traced through), runs the traced graph on example inputs
+layers stay whole, everything else is traced through), or, where fx cannot trace or convert it,
+captures it with ``torch.export`` (:mod:`.export`, ATen ops), runs the graph on example inputs
 to learn every shape, and maps each node to a JAX op (:mod:`.ops`). The result is a
 :class:`jaxplain.graph.TorchGraph`, the torch-free format that :func:`jaxplain.save_classifier`
 stores (metadata kind ``"torch_graph"``) and :func:`jaxplain.load_classifier` reads without
@@ -29,7 +30,7 @@ from jaxplain.data import CLASS_NAMES
 from jaxplain.graph import (FINAL_ACTIVATIONS, KIND, OPS, TorchGraph, apply_op, build_from_meta,
                             jsonable, nest)
 
-__all__ = ["from_torch", "load_torch_weights", "import_class", "build_module",
+__all__ = ["from_torch", "FRONTENDS", "load_torch_weights", "import_class", "build_module",
            "build_from_meta", "TorchGraph", "torch_difference", "SUPPORTED_MODULES",
            "SUPPORTED_FUNCTIONS"]
 
@@ -103,8 +104,9 @@ def from_torch(module, *, input_shape: Sequence[int] = (1, 48, 48), mean=0.0, st
 
   Raises:
     ValueError: an op or layer jaxplain does not convert (named with its module path), a
-      module torch.fx cannot trace, NaN or infinite weights (named), or outputs that are not
-      ``(N, K)``.
+      module neither torch.fx nor torch.export can capture (both reasons given), NaN or
+      infinite weights (named), outputs that are not ``(N, K)``, or a converted model that
+      differs from PyTorch (the first diverging op named).
   """
   from jaxplain.convert import fx
   torch = torch_module()

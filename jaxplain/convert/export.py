@@ -68,7 +68,7 @@ def _schema_spec(op, rename):
   return tuple(spec)
 
 
-_RENAME = {"self": "input", "train": "training", "mat2": "other", "tensors": "tensors"}
+_RENAME = {"self": "input", "train": "training", "mat2": "other"}
 
 _MODES = {"upsample_nearest1d": "nearest", "upsample_nearest2d": "nearest",
           "upsample_nearest3d": "nearest", "_upsample_nearest_exact1d": "nearest-exact",

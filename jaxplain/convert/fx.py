@@ -299,8 +299,10 @@ def convert_graph(gm, runs, input_shape, mean, std, *, tables=None, path_of=node
   if output is None:
     raise ValueError("the traced module has no output")
   used = {i for op in ops for i in op.inputs}  # drop tensors no op reads (BN's step counter)
-  unused = {op.weights for op in ops if op.kind == "param" and op.name not in used}
   ops = [op for op in ops if op.kind != "param" or op.name in used]
+  unused = set(flat) - {op.weights for op in ops if op.kind == "param"} - {
+      k for k in flat if any(op.weights is not None and op.kind != "param" and
+                             k.startswith(op.weights + ".") for op in ops)}
   flat = {k: v for k, v in flat.items() if k not in unused}
   out_shape = tuple(a[output].shape)
   if out_shape[:1] != (2,) or tuple(b[output].shape)[:1] != (3,):
