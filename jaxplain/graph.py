@@ -450,18 +450,24 @@ def _avg_divisor(size, k, s, p, out, include_pad):
 
 
 def _avg_pool(a, p, w, ctx):
+  """``avg_pool{1,2,3}d`` over the trailing ``len(kernel)`` axes (padding counted or not)."""
   del w, ctx
   x = a[0]
-  (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["padding"]
-  oh, eh = _pool_size(x.shape[2], kh, sh, ph, 1, p["ceil_mode"])
-  ow, ew = _pool_size(x.shape[3], kw, sw, pw, 1, p["ceil_mode"])
-  total = lax.reduce_window(x, 0.0, lax.add, (1, 1, kh, kw), (1, 1, sh, sw),
-                            ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)))
+  nd = len(p["kernel"])
+  lead = x.ndim - nd
+  sizes = [_pool_size(x.shape[lead + i], p["kernel"][i], p["stride"][i], p["padding"][i], 1,
+                      p["ceil_mode"]) for i in range(nd)]
+  total = lax.reduce_window(x, 0.0, lax.add, (1,) * lead + tuple(p["kernel"]),
+                            (1,) * lead + tuple(p["stride"]),
+                            ((0, 0),) * lead + tuple((q, q + e) for q, (_, e) in
+                                                     zip(p["padding"], sizes)))
   if p["divisor_override"]:
     return total / p["divisor_override"]
-  div = np.outer(_avg_divisor(x.shape[2], kh, sh, ph, oh, p["count_include_pad"]),
-                 _avg_divisor(x.shape[3], kw, sw, pw, ow, p["count_include_pad"]))
-  return total / jnp.asarray(div, x.dtype).reshape(1, 1, oh, ow)
+  div = np.ones(())
+  for i, (out, _) in enumerate(sizes):
+    div = np.multiply.outer(div, _avg_divisor(x.shape[lead + i], p["kernel"][i], p["stride"][i],
+                                              p["padding"][i], out, p["count_include_pad"]))
+  return total / jnp.asarray(div, x.dtype).reshape((1,) * lead + div.shape)
 
 
 def _adaptive(reduce):

@@ -143,3 +143,33 @@ def test_resnet18_export_equals_fx():
   _, ta = a.apply_fn(a.variables, x, tap="layer3.1.bn2")
   _, tb = b.apply_fn(b.variables, x, tap="layer3.1.bn2")
   np.testing.assert_allclose(tb, ta, rtol=1e-6, atol=1e-6)
+
+
+class Pools3d(nn.Module):
+  """LocalResponseNorm (ATen: pad + avg_pool3d) and 1-D / 3-D average pools."""
+
+  def __init__(self):
+    super().__init__()
+    self.conv = nn.Conv2d(3, 6, 3)
+    self.lrn = nn.LocalResponseNorm(3, alpha=0.5, beta=0.6, k=1.5)
+    self.fc = nn.Linear(6 * 4 + 4, 4)
+
+  def forward(self, x):
+    h = self.lrn(self.conv(x))                                   # (N, 6, 6, 6)
+    a = torch.nn.functional.avg_pool1d(h.flatten(2), 12, ceil_mode=True, count_include_pad=False,
+                                       padding=2)                # (N, 6, 4)
+    b = torch.nn.functional.avg_pool3d(h.unsqueeze(1), (2, 3, 3), stride=(2, 2, 3), padding=1)
+    return self.fc(torch.cat([a.flatten(1), b.mean((3, 4)).flatten(1)], 1))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_local_response_norm_and_nd_average_pools(frontend):
+  torch.manual_seed(0)
+  module = Pools3d().eval()
+  clf = convert.from_torch(module, input_shape=(3, 8, 8), frontend=frontend)
+  x = _images(3, (3, 8, 8), seed=4)
+  with torch.no_grad():
+    want = module(_torch(module, x)).numpy()
+  np.testing.assert_allclose(jax.jit(clf.apply_fn)(clf.variables, jnp.asarray(x)), want,
+                             atol=1e-5, rtol=1e-5)
+  assert "lrn" in clf.layer_names

@@ -221,7 +221,8 @@ def aten_table():
   add(by_fn(F.group_norm), "group_norm")
   add(by_fn(F.instance_norm), "instance_norm")
   add(by_fn(F.max_pool2d), "max_pool2d")
-  add(by_fn(F.avg_pool2d), "avg_pool2d")
+  add(_defaults(by_fn(F.avg_pool2d), divisor_override=None), "avg_pool1d", "avg_pool2d",
+      "avg_pool3d")
   add(by_fn(F.adaptive_avg_pool2d), "adaptive_avg_pool2d", "adaptive_avg_pool1d")
   add(by_fn(F.dropout), "dropout", "dropout_", "feature_dropout", "feature_dropout_",
       "alpha_dropout", "alpha_dropout_", "feature_alpha_dropout", "feature_alpha_dropout_")
