@@ -173,3 +173,26 @@ def test_local_response_norm_and_nd_average_pools(frontend):
   np.testing.assert_allclose(jax.jit(clf.apply_fn)(clf.variables, jnp.asarray(x)), want,
                              atol=1e-5, rtol=1e-5)
   assert "lrn" in clf.layer_names
+
+
+def test_shapes_run_with_fake_tensors_still_sees_the_batch_size():
+  """The batch of 3 runs on FakeTensors: sizes and input-free tensors are still real values."""
+  class SizeUser(nn.Module):
+    def __init__(self, bad):
+      super().__init__()
+      self.fc, self.bad = nn.Linear(12, 4), bad
+
+    def forward(self, x):
+      h = self.fc(x.view(x.size(0), -1)) + torch.linspace(0, 1, 4)   # constant, real in both
+      if self.bad:
+        h = h + torch.arange(x.size(0))[:, None]                    # a tensor of the batch size
+      return h
+
+  good = SizeUser(False).eval()
+  clf = convert.from_torch(good, input_shape=(3, 2, 2), frontend="fx")
+  x = _images(5, (3, 2, 2))                             # a batch size the conversion never saw
+  with torch.no_grad():
+    want = good(_torch(good, x)).numpy()
+  np.testing.assert_allclose(clf.forward(jnp.asarray(x)), want, atol=1e-6)
+  with pytest.raises(ValueError, match="'arange'"):     # refused, not frozen at a batch of 2
+    convert.from_torch(SizeUser(True).eval(), input_shape=(3, 2, 2), frontend="fx")
