@@ -434,18 +434,24 @@ def _avg_divisor(size, k, s, p, out, include_pad):
 
 
 def _avg_pool(a, p, w, ctx):
+  """``avg_pool{1,2,3}d`` over the trailing ``len(kernel)`` axes (padding counted or not)."""
   del w, ctx
   x = a[0]
-  (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride"], p["padding"]
-  oh, eh = _pool_size(x.shape[2], kh, sh, ph, 1, p["ceil_mode"])
-  ow, ew = _pool_size(x.shape[3], kw, sw, pw, 1, p["ceil_mode"])
-  total = lax.reduce_window(x, 0.0, lax.add, (1, 1, kh, kw), (1, 1, sh, sw),
-                            ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)))
+  nd = len(p["kernel"])
+  lead = x.ndim - nd
+  sizes = [_pool_size(x.shape[lead + i], p["kernel"][i], p["stride"][i], p["padding"][i], 1,
+                      p["ceil_mode"]) for i in range(nd)]
+  total = lax.reduce_window(x, 0.0, lax.add, (1,) * lead + tuple(p["kernel"]),
+                            (1,) * lead + tuple(p["stride"]),
+                            ((0, 0),) * lead + tuple((q, q + e) for q, (_, e) in
+                                                     zip(p["padding"], sizes)))
   if p["divisor_override"]:
     return total / p["divisor_override"]
-  div = np.outer(_avg_divisor(x.shape[2], kh, sh, ph, oh, p["count_include_pad"]),
-                 _avg_divisor(x.shape[3], kw, sw, pw, ow, p["count_include_pad"]))
-  return total / jnp.asarray(div, x.dtype).reshape(1, 1, oh, ow)
+  div = np.ones(())
+  for i, (out, _) in enumerate(sizes):
+    div = np.multiply.outer(div, _avg_divisor(x.shape[lead + i], p["kernel"][i], p["stride"][i],
+                                              p["padding"][i], out, p["count_include_pad"]))
+  return total / jnp.asarray(div, x.dtype).reshape((1,) * lead + div.shape)
 
 
 def _adaptive(reduce):
@@ -839,6 +845,11 @@ def _grid_sample(a, p, w, ctx):
 # --- attention (torchvision ViT) -------------------------------------------------------------
 
 
+def _last_axis(v, ndim):
+  """A bias vector shaped to broadcast over the last axis (explicit ranks, no rank promotion)."""
+  return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
 def _multi_head_attention(a, p, w, ctx):
   """``nn.MultiheadAttention`` (no masks): returns ``(output, averaged attention weights)``."""
   del ctx
@@ -856,7 +867,7 @@ def _multi_head_attention(a, p, w, ctx):
 
   def proj(t, wt, b):
     y = jnp.matmul(t, wt.T, precision=_HI)
-    return y if b is None else y + b
+    return y if b is None else y + _last_axis(b, y.ndim)
 
   n, lq, lk = q.shape[0], q.shape[1], k.shape[1]
   dh = e // heads
@@ -868,7 +879,7 @@ def _multi_head_attention(a, p, w, ctx):
   out = jnp.einsum("nhqk,nkhd->nqhd", attn, vh, precision=_HI).reshape(n, lq, -1)
   out = jnp.matmul(out, w["out_proj"]["weight"].T, precision=_HI)
   if "bias" in w["out_proj"]:
-    out = out + w["out_proj"]["bias"]
+    out = out + _last_axis(w["out_proj"]["bias"], out.ndim)
   if not p["batch_first"]:
     out = jnp.swapaxes(out, 0, 1)
   return (out, jnp.mean(attn, axis=1) if p["need_weights"] else None)
@@ -900,7 +911,7 @@ def _shifted_window_attention(a, p, w, ctx):
     qkv_b = qkv_b.at[n3:2 * n3].set(0)
   qkv = jnp.matmul(x, qkv_w.T, precision=_HI)
   if qkv_b is not None:
-    qkv = qkv + qkv_b
+    qkv = qkv + _last_axis(qkv_b, qkv.ndim)
   qkv = qkv.reshape(b * nw, t, 3, heads, c // heads).transpose(2, 0, 3, 1, 4)
   q, k, v = qkv[0], qkv[1], qkv[2]
   if logit_scale is not None:
@@ -927,7 +938,7 @@ def _shifted_window_attention(a, p, w, ctx):
   x = jnp.matmul(attn, v, precision=_HI).transpose(0, 2, 1, 3).reshape(b * nw, t, c)
   x = jnp.matmul(x, proj_w.T, precision=_HI)
   if proj_b is not None:
-    x = x + proj_b
+    x = x + _last_axis(proj_b, x.ndim)
   x = x.reshape(b, ph // wh, pw // ww, wh, ww, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, c)
   if sum(shift) > 0:
     x = jnp.roll(x, (shift[0], shift[1]), (1, 2))

@@ -1,7 +1,8 @@
 """PyTorch CNNs → jaxplain classifiers (torch imported lazily, only to convert).
 
 :func:`from_torch` traces a ``torch.nn.Module`` with ``torch.fx`` (:mod:`.fx`; leaf ``torch.nn``
-layers stay whole, everything else is traced through), runs the traced graph on example inputs
+layers stay whole, everything else is traced through), or, where fx cannot trace or convert it,
+captures it with ``torch.export`` (:mod:`.export`, ATen ops), runs the graph on example inputs
 to learn every shape, and maps each node to a JAX op (:mod:`.ops`). The result is a
 :class:`jaxplain.graph.TorchGraph`, the torch-free format that :func:`jaxplain.save_classifier`
 stores (metadata kind ``"torch_graph"``) and :func:`jaxplain.load_classifier` reads without
@@ -29,7 +30,7 @@ from jaxplain.data import CLASS_NAMES
 from jaxplain.graph import (FINAL_ACTIVATIONS, KIND, OPS, TorchGraph, apply_op, build_from_meta,
                             jsonable, nest)
 
-__all__ = ["from_torch", "load_torch_weights", "import_class", "build_module",
+__all__ = ["from_torch", "FRONTENDS", "load_torch_weights", "import_class", "build_module",
            "build_from_meta", "TorchGraph", "torch_difference", "SUPPORTED_MODULES",
            "SUPPORTED_FUNCTIONS"]
 
@@ -50,13 +51,37 @@ def _norm(v, name: str, channels: int) -> tuple[float, ...]:
   return tuple(float(a) for a in arr)
 
 
+FRONTENDS = ("auto", "fx", "export")
+
+
+def _front_end(front, module, example, shape, mean, std):
+  """``(graph module, recorded values, convert_graph's result)`` from one front end."""
+  from jaxplain.convert import export, fx
+  if front == "fx":
+    gm = fx.trace(module)
+    options = {}
+  else:
+    gm = export.export_graph(module, example[2])
+    options = {"tables": export.aten_table(), "path_of": export.node_path,
+               "leaf_of": export.leaf_paths(module)}
+  try:
+    runs = {2: fx.run(gm, example[2])}
+    runs[3] = fx.run_shapes(gm, example[3]) or fx.run(gm, example[3])
+  except Exception as e:  # the module's own error, e.g. a Linear that wants another size
+    raise ValueError(f"{type(module).__name__} fails on inputs of `input_shape` {shape} "
+                     f"(N, C, H, W): {type(e).__name__}: {str(e).splitlines()[0]}") from None
+  return gm, runs, fx.convert_graph(gm, runs, shape, mean, std, **options)
+
+
 def from_torch(module, *, input_shape: Sequence[int] = (1, 48, 48), mean=0.0, std=1.0,
                output_activation: str = "keep", class_names: Sequence[str] | None = None,
-               check: bool = True) -> models.Classifier:
+               check: bool = True, frontend: str = "auto") -> models.Classifier:
   """Converts a PyTorch CNN into a jaxplain :class:`~jaxplain.models.Classifier`.
 
-  The module is traced with ``torch.fx`` in eval mode (its mode is restored afterwards) and run
-  on example inputs to fix every shape; each node maps to a JAX op computing in PyTorch's layout.
+  The module is traced with ``torch.fx`` in eval mode (its mode is restored afterwards), or,
+  where fx cannot trace or convert it, captured with ``torch.export`` (ATen ops); the graph runs
+  on example inputs to fix every shape (a batch of 2 for real, a batch of 3 with FakeTensors for
+  the shapes alone), and each node maps to a JAX op computing in PyTorch's layout.
 
   Args:
     module: a ``torch.nn.Module`` taking ``(N, C, H, W)``; its parameters' dtype is kept.
@@ -68,6 +93,10 @@ def from_torch(module, *, input_shape: Sequence[int] = (1, 48, 48), mean=0.0, st
     class_names: the K class names (default: FER2013's seven when K = 7, else ``"0"``...).
     check: compare with PyTorch on random example inputs and raise, naming the first op that
       diverges, if they differ.
+    frontend: ``"fx"`` (torch.fx symbolic tracing; leaf layers stay whole), ``"export"``
+      (``torch.export``: data-dependent Python on shapes, calls fx cannot proxy; taps are the
+      leaf layers' last ops, named by module path) or ``"auto"``: fx, and export where fx
+      cannot trace or convert the module. A failed numeric check does not switch front ends.
 
   Returns:
     a classifier taking ``(N, H, W, C)`` float in [0, 1], returning ``(N, K)``; its
@@ -75,11 +104,14 @@ def from_torch(module, *, input_shape: Sequence[int] = (1, 48, 48), mean=0.0, st
 
   Raises:
     ValueError: an op or layer jaxplain does not convert (named with its module path), a
-      module torch.fx cannot trace, NaN or infinite weights (named), or outputs that are not
-      ``(N, K)``.
+      module neither torch.fx nor torch.export can capture (both reasons given), NaN or
+      infinite weights (named), outputs that are not ``(N, K)``, or a converted model that
+      differs from PyTorch (the first diverging op named).
   """
   from jaxplain.convert import fx
   torch = torch_module()
+  if frontend not in FRONTENDS:
+    raise ValueError(f"`frontend` must be one of {FRONTENDS}, got {frontend!r}")
   if output_activation not in ("keep", "strip"):
     raise ValueError(f"`output_activation` must be 'keep' or 'strip', got {output_activation!r}")
   if len(tuple(input_shape)) != 3:
@@ -96,18 +128,22 @@ def from_torch(module, *, input_shape: Sequence[int] = (1, 48, 48), mean=0.0, st
   was_training = module.training
   module.eval()
   try:
-    gm = fx.trace(module)
     rng = np.random.default_rng(0)
     images = {n: rng.uniform(size=(n, h, w, c)) for n in (2, 3)}
     mean_a, std_a = np.asarray(mean_t), np.asarray(std_t)
     example = {n: to_torch(((im - mean_a) / std_a).transpose(0, 3, 1, 2), tdtype, device)
                for n, im in images.items()}
-    try:
-      runs = {n: fx.run(gm, example[n]) for n in (2, 3)}
-    except Exception as e:  # the module's own error, e.g. a Linear that wants another size
-      raise ValueError(f"{type(module).__name__} fails on inputs of `input_shape` {(c, h, w)} "
-                       f"(N, C, H, W): {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    graph, flat, paths = fx.convert_graph(gm, runs, (c, h, w), mean_t, std_t)
+    fronts = ("fx", "export") if frontend == "auto" else (frontend,)
+    failures = []
+    for front in fronts:
+      try:
+        gm, runs, (graph, flat, paths) = _front_end(front, module, example, (c, h, w), mean_t,
+                                                    std_t)
+        break
+      except ValueError as e:
+        failures.append(str(e) if not failures else f"torch.export front end: {e}")
+    else:
+      raise ValueError("; ".join(failures))
   finally:
     module.train(was_training)
   variables = jax.tree.map(jnp.asarray, nest(flat))
@@ -153,7 +189,7 @@ def from_torch(module, *, input_shape: Sequence[int] = (1, 48, 48), mean=0.0, st
   config = graph.config() | {
       "variables": {p: [list(a.shape), str(jnp.asarray(a).dtype)] for p, a in flat.items()},
       "stripped": stripped}
-  meta = {"kind": KIND, "config": config,
+  meta = {"kind": KIND, "config": config, "frontend": front,
           "source": f"{type(module).__module__}.{type(module).__qualname__}"}
   return models.Classifier(apply_fn=graph, variables=variables, class_names=names,
                            input_shape=(h, w, c), layer_names=graph.layer_names, metadata=meta)

@@ -72,6 +72,26 @@ def run(gm, x, *, copy: bool = False) -> dict:
   return values
 
 
+def run_shapes(gm, x) -> dict | None:
+  """Every node's value with the input a FakeTensor: shapes without the arithmetic.
+
+  Values that do not depend on the input (sizes, index tables, tensors computed from the
+  parameters) are computed for real; those that do are FakeTensors, whose shapes are all the
+  batch-size comparison needs. Returns None when some op has no fake implementation (then the
+  caller runs the module for real).
+  """
+  try:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    return run(gm, mode.from_tensor(x))
+  except Exception:  # noqa: BLE001 - any op fake mode cannot run: fall back to a real run
+    return None
+
+
+def is_fake(v) -> bool:
+  return type(v).__name__ == "FakeTensor"
+
+
 def _is_tensor_tuple(v) -> bool:
   return isinstance(v, (tuple, list)) and len(v) > 0 and all(is_tensor(t) or t is None
                                                               for t in v) and any(
@@ -80,6 +100,8 @@ def _is_tensor_tuple(v) -> bool:
 
 def _same(u, v) -> bool:
   if is_tensor(u) and is_tensor(v):
+    if is_fake(u) or is_fake(v):  # a shapes-only run: compare what it knows
+      return u.shape == v.shape and u.dtype == v.dtype
     return u.shape == v.shape and bool((u == v).all())
   if isinstance(u, (list, tuple)) and isinstance(v, (list, tuple)):
     return len(u) == len(v) and all(_same(a, b) for a, b in zip(u, v))
@@ -149,12 +171,25 @@ class NodeContext:
                       f"{self.target_name} {self.node.name!r} at {self.path!r}")
 
 
-def convert_graph(gm, runs, input_shape, mean, std):
+def target_name(target) -> str:
+  """``conv2d`` for ``F.conv2d`` and for ATen's ``aten.conv2d.default``."""
+  schema = getattr(target, "_schema", None)
+  if schema is not None:
+    return schema.name.split("::")[-1]
+  return getattr(target, "__name__", str(target))
+
+
+def convert_graph(gm, runs, input_shape, mean, std, *, tables=None, path_of=node_path,
+                  leaf_of=None):
   """torch.fx graph + recorded values (batch 2 and 3) → ``(TorchGraph, flat weights, paths)``.
 
-  ``paths`` maps each op name to the module path it came from (for error messages).
+  ``paths`` maps each op name to the module path it came from (for error messages). ``tables``
+  (default: :func:`~jaxplain.convert.ops.functional_table`) maps call targets to converters,
+  ``path_of`` gives a node's module path, and ``leaf_of``, for graphs without leaf-module calls
+  (torch.export's), the leaf layer a node ran in: the last op of each call of a leaf layer
+  becomes its tap.
   """
-  funcs, methods = op_tables.functional_table()
+  funcs, methods = tables or op_tables.functional_table()
   a, b = runs[2], runs[3]
   modules = dict(gm.named_modules())
   ops, flat, names, calls, paths = [], {}, [], {}, {}
@@ -164,8 +199,9 @@ def convert_graph(gm, runs, input_shape, mean, std):
   def depends(node):
     return any(getattr(i, "name", None) in dynamic for i in node.all_input_nodes)
 
+  leaves = {}  # op name -> leaf layer path (torch.export graphs)
   for node in gm.graph.nodes:
-    path = node_path(node)
+    path = path_of(node)
     if node.op == "placeholder":
       if dynamic:
         raise ValueError(f"the module's forward takes more than one input ({node.name!r}); "
@@ -176,6 +212,8 @@ def convert_graph(gm, runs, input_shape, mean, std):
       continue
     if node.op == "output":
       out = node.args[0]
+      if isinstance(out, (tuple, list)) and len(out) == 1:  # torch.export returns a tuple
+        out = out[0]
       if not hasattr(out, "name") or out.name not in emitted or not is_tensor(a[out.name]):
         got = a.get(getattr(out, "name", ""), out)
         raise ValueError("the module must return one tensor (N, K), got "
@@ -195,6 +233,8 @@ def convert_graph(gm, runs, input_shape, mean, std):
         paths[node.name] = path
       continue
     dynamic.add(node.name)
+    if node.op == "call_module" and value is None:
+      continue  # torch.export's input guards
     if node.op == "call_module":
       m = modules[node.target]
       in_value = a.get(getattr(node.args[0], "name", None)) if node.args else None
@@ -233,9 +273,11 @@ def convert_graph(gm, runs, input_shape, mean, std):
       continue
     if not (is_tensor(value) or _is_tensor_tuple(value)):
       continue  # sizes, shapes, Python arithmetic: folded into the ops that use them
+    if not node.users:
+      continue  # a value nothing reads (a max pool's unused indices)
     target = node.target
     entry = funcs.get(target) if node.op == "call_function" else methods.get(target)
-    what = getattr(target, "__name__", str(target))
+    what = target_name(target)
     if entry is None:
       raise ValueError(f"unsupported op {what!r} ({node.op}) at {path!r} (fx node "
                        f"{node.name!r}); see jaxplain.convert.SUPPORTED_FUNCTIONS for the "
@@ -250,8 +292,18 @@ def convert_graph(gm, runs, input_shape, mean, std):
     ops.append(Op(node.name, kind, tuple(inputs), freeze(params), None, None))
     emitted.add(node.name)
     paths[node.name] = path
+    if leaf_of is not None and is_tensor(value) and leaf_of(node) is not None:
+      leaves[node.name] = leaf_of(node)
+  if leaves:
+    ops, names = _leaf_taps(ops, leaves)
   if output is None:
     raise ValueError("the traced module has no output")
+  used = {i for op in ops for i in op.inputs}  # drop tensors no op reads (BN's step counter)
+  ops = [op for op in ops if op.kind != "param" or op.name in used]
+  unused = set(flat) - {op.weights for op in ops if op.kind == "param"} - {
+      k for k in flat if any(op.weights is not None and op.kind != "param" and
+                             k.startswith(op.weights + ".") for op in ops)}
+  flat = {k: v for k, v in flat.items() if k not in unused}
   out_shape = tuple(a[output].shape)
   if out_shape[:1] != (2,) or tuple(b[output].shape)[:1] != (3,):
     raise ValueError(f"the module's output has shape {out_shape} for a batch of 2; the first "
@@ -265,6 +317,23 @@ def convert_graph(gm, runs, input_shape, mean, std):
   graph = TorchGraph(ops=tuple(ops), output=output, input_shape=input_shape, mean=mean, std=std,
                      squeeze=squeeze, layer_names=tuple(names))
   return graph, flat, paths
+
+
+def _leaf_taps(ops, leaves):
+  """Marks the last op of each run of ops inside one leaf layer as that layer's tap."""
+  calls, names, out = {}, [], list(ops)
+  for i, op in enumerate(out):
+    path = leaves.get(op.name)
+    if path is None:
+      continue
+    nxt = next((o for o in out[i + 1:] if o.kind != "param"), None)
+    if nxt is not None and leaves.get(nxt.name) == path and nxt.inputs and op.name in nxt.inputs:
+      continue  # the layer's call goes on
+    calls[path] = calls.get(path, 0) + 1
+    layer = path + (f"#{calls[path]}" if calls[path] > 1 else "")
+    out[i] = op._replace(layer=layer)
+    names.append(layer)
+  return out, names
 
 
 def first_divergence(graph, variables, x, recorded, paths, tol):

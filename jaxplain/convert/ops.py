@@ -91,9 +91,10 @@ def _conv_params(m, path):
           "dilation": d, "groups": m.groups, "padding_mode": m.padding_mode}
 
 
-def pool_params(k, s, p, d=1):
-  return {"kernel": _pair(k), "stride": _pair(s if s not in (None, ()) else k),
-          "padding": _pair(p), "dilation": _pair(d)}
+def pool_params(k, s, p, d=1, n=2):
+  empty = s is None or (isinstance(s, (list, tuple)) and len(s) == 0)  # ATen's default: []
+  return {"kernel": _tuple(k, n), "stride": _tuple(k if empty else s, n),
+          "padding": _tuple(p, n), "dilation": _tuple(d, n)}
 
 
 def _transpose_padding(in_shape, out_shape, stride, padding, dilation, kernel):
@@ -465,9 +466,10 @@ def _pool(kind):
     if kind == "max_pool2d":
       return kind, x, pool_params(s["kernel_size"], s["stride"], s["padding"], s["dilation"]) | {
           "ceil_mode": bool(s["ceil_mode"])}
-    return kind, x, pool_params(s["kernel_size"], s["stride"], s["padding"]) | {
+    n = {"1d": 1, "3d": 3}.get(c.target_name[-2:], 2)
+    return kind, x, pool_params(s["kernel_size"], s["stride"], s["padding"], n=n) | {
         "ceil_mode": bool(s["ceil_mode"]), "count_include_pad": bool(s["count_include_pad"]),
-        "divisor_override": s["divisor_override"]}
+        "divisor_override": s.get("divisor_override")}
   return conv
 
 
@@ -476,7 +478,8 @@ def _adaptive(kind):
     if c.static(args.get("return_indices", False), "return_indices"):
       raise ValueError(f"{kind} {c.node.name!r} at {c.path!r}: return_indices is not supported")
     n = 1 if c.target_name.endswith("1d") else 2
-    return kind, c.refs([args["input"]]), {"output_size": tuple(c.value.shape[-n:])}
+    out = c.value[0] if isinstance(c.value, tuple) else c.value  # ATen's (values, indices)
+    return kind, c.refs([args["input"]]), {"output_size": tuple(out.shape[-n:])}
   return conv
 
 
@@ -753,7 +756,8 @@ def functional_table():
       method=("contiguous", "clone", "detach"))
   add(anything, _cast, method=("float", "double", "to", "type", "type_as", "half"))
   add(maxpool, _pool("max_pool2d"), F.max_pool2d, g(torch, "max_pool2d"))
-  add(avgpool, _pool("avg_pool2d"), F.avg_pool2d, g(torch._C._nn, "avg_pool2d"))
+  add(avgpool, _pool("avg_pool2d"), F.avg_pool2d, g(torch._C._nn, "avg_pool2d"), F.avg_pool1d,
+      F.avg_pool3d)  # the "avg_pool2d" op pools the trailing 1, 2 or 3 axes
   add(x + (("output_size", REQUIRED),), _adaptive("adaptive_avg_pool2d"), F.adaptive_avg_pool2d,
       F.adaptive_avg_pool1d)
   add(x + (("output_size", REQUIRED), ("return_indices", False)), _adaptive(
