@@ -104,7 +104,8 @@ def cmd_filters(args) -> int:
 def cmd_convert(args) -> int:
   cfg = ConvertConfig(model=args.model, model_args=args.model_args, weights=args.weights,
                       key=args.key, trusted=args.trusted, input_shape=args.input_shape,
-                      mean=args.mean, std=args.std, output_activation=args.output_activation)
+                      mean=args.mean, std=args.std, output_activation=args.output_activation,
+                      frontend=args.frontend)
   commands.convert(args.out, cfg, overwrite=args.overwrite)
   return 0
 
@@ -299,6 +300,9 @@ def parser() -> argparse.ArgumentParser:
   c.add_argument("--output-activation", choices=("keep", "strip"),
                  default=ConvertConfig.output_activation,
                  help="strip a final Sigmoid/Softmax/LogSoftmax so explanations see logits")
+  c.add_argument("--frontend", choices=("auto", "fx", "export"), default=ConvertConfig.frontend,
+                 help="how the module is captured: torch.fx, torch.export, or fx falling back "
+                 "to export (auto)")
   _add_common(c, checkpoint=False, out_help="checkpoint directory to write")
   c.set_defaults(func=cmd_convert)
 

@@ -420,6 +420,7 @@ class ConvertConfig:
   mean: tuple[float, ...] = (0.0,)
   std: tuple[float, ...] = (1.0,)
   output_activation: str = "keep"
+  frontend: str = "auto"  # "auto" (torch.fx, else torch.export), "fx" or "export"
 
 
 def convert(out, cfg: ConvertConfig, *, overwrite: bool = False):
@@ -434,7 +435,8 @@ def convert(out, cfg: ConvertConfig, *, overwrite: bool = False):
   else:
     log.warning("no --weights: converting the module's freshly initialised weights")
   clf = convert_lib.from_torch(module, input_shape=cfg.input_shape, mean=list(cfg.mean),
-                               std=list(cfg.std), output_activation=cfg.output_activation)
+                               std=list(cfg.std), output_activation=cfg.output_activation,
+                               frontend=cfg.frontend)
   h, w, c = clf.input_shape
   path = checkpoint.save_classifier(clf, out, overwrite=overwrite, extra={
       "converted_from": {"model": cfg.model, "model_args": model_args,

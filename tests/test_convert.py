@@ -583,6 +583,13 @@ def test_cli_convert_synthetic(tmp_path, capsys):
   np.testing.assert_allclose(clf.forward(faces), _torch_out(module, faces, 0.5, 0.5), atol=1e-5)
   meta = json.loads((tmp_path / "out" / "jaxplain.json").read_text())
   assert meta["kind"] == "torch_graph" and meta["converted_from"]["key"] == "model"
+  assert cli.main(["convert", "--model", f"{tmp_path / 'nets.py'}:Tiny", "--model-args",
+                   '{"c": 3}', "--weights", str(tmp_path / "w.pt"), "--key", "model",
+                   "--mean", "0.5", "--std", "0.5", "--frontend", "export",
+                   "--out", str(tmp_path / "out_export")]) == 0
+  via_export = checkpoint.load_classifier(tmp_path / "out_export")
+  assert via_export.metadata["frontend"] == "export"
+  np.testing.assert_allclose(via_export.forward(faces), clf.forward(faces), atol=1e-6)
   torch.save({"ema": module.state_dict(), "online": module.state_dict()}, tmp_path / "w2.pt")
   assert cli.main(["convert", "--model", f"{tmp_path / 'nets.py'}:Tiny", "--model-args",
                    '{"c": 3}', "--weights", str(tmp_path / "w2.pt"), "--out",
