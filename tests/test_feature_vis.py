@@ -621,8 +621,12 @@ def test_figures_and_cli(tiny_classifier, tmp_path, faces):
   fig = viz.filter_grid_figure(images, FILTERS, layer=LAYER,
                                ratios=np.array([2.5, 1.25, np.nan, 3, 0.5]))
   labels = [ax.get_title() for ax in fig.axes if ax.get_title()]
-  assert labels[:5] == ["#0  2.5×", "#3  1.2×", "#7  n/a", "#12  3×", "#15  0.5×"], labels
+  assert labels[:5] == ["#0  2.5×", "#3  1.25×", "#7  n/a", "#12  3×", "#15  0.5×"], labels
   assert "best real face" in fig._suptitle.get_text()
+  fig = viz.filter_grid_figure(images[:2], FILTERS[:2], ratios=np.array([1.0, 0.9951]),
+                               reference="the best of 35 faces")
+  assert [ax.get_title() for ax in fig.axes][:2] == ["#0  1×", "#3  0.995×"]
+  assert fig._suptitle.get_text().endswith("/ that of the best of 35 faces)")
   viz.save(viz.feature_maps_figure(faces.images[0], np.random.rand(24, 24, 5), FILTERS,
                                    layer=LAYER), tmp_path / "maps.png")
   assert (tmp_path / "grid.png").stat().st_size > 1000
@@ -633,6 +637,11 @@ def test_figures_and_cli(tiny_classifier, tmp_path, faces):
                    "--steps", "8", "--image", str(tmp_path / "face.png"), "--out", str(out)]) == 0
   summary = json.loads((out / "filters_conv2_1.json").read_text())
   assert summary["layer"] == "conv2_1" and summary["filters"] == [0, 1, 2]
+  best = fv.best_activation(tiny_classifier, data.to_float(data.sample_faces().images),
+                            "conv2_1")[:3]
+  expected = np.where(best > 0, np.asarray(summary["final_activation"]) / best, np.nan)
+  got = np.array([np.nan if r is None else r for r in summary["ratio_to_best_bundled_face"]])
+  np.testing.assert_allclose(got, expected, rtol=1e-4)
   z = np.load(out / "filters_conv2_1.npz")
   assert z["images"].shape == (3, 48, 48, 1) and z["trace"].shape == (8, 3)
   np.testing.assert_array_equal(z["face"], faces.images[3])
