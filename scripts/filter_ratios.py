@@ -64,8 +64,8 @@ def measure(clf, layer, filters, images_u8, *, key, progress=None, **options) ->
   ratios = np.array([r["ratio_real"] for r in rows if r["ratio_real"] is not None])
   # A tie: the best face is itself the maximiser (a blank black FER2013 image for a first-layer
   # dark detector) and the ascent reached it exactly.
-  ties = sum(not r["beats"] and abs(r["optimised"] - r["best_real"]) <= 1e-6 * abs(r["best_real"])
-             for r in rows)
+  ties = sum(not r["beats"] and r["best_real"] > 0
+             and abs(r["optimised"] - r["best_real"]) <= 1e-6 * r["best_real"] for r in rows)
   summary = {"filters": len(rows), "beats": int(sum(r["beats"] for r in rows)),
              "ties": int(ties), "with_ratio": int(ratios.size)}
   if ratios.size:

@@ -7,6 +7,7 @@ the CNN optimised filter by filter with torch.optim.Adam, as Lucent does, for th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 
@@ -161,6 +162,7 @@ def test_restarts_keep_the_best(clf, key):
     fv.maximize_activation(clf, LAYER, FILTERS, key=key, restarts=0)
 
 
+@functools.lru_cache(maxsize=1)  # one classifier object: the tests below share compilations
 def _dead_unit_model():
   """A converted ``Flatten → Linear(256, 2) → ReLU`` on 16×16 images. Unit 0 is
   ``relu(mean(x) - 0.9)``: off at every start (mid-gray, dark and bright noise), so its
@@ -178,28 +180,28 @@ def _dead_unit_model():
   return module.eval(), convert.from_torch(module.eval(), input_shape=(1, 16, 16), check=False)
 
 
+DEAD_UNIT_OPTIONS = dict(steps=32, fourier=False, warmup_steps=0, vertex_steps=0)
+
+
 def test_warmup_turns_on_a_unit_that_is_off_at_every_start(key):
   """Without a gradient the ascent cannot move (the image stays the start); the straight-through
   warm-up raises the pre-activation until the unit is on. What is returned is the true
-  activation (PyTorch's, on the returned image)."""
+  activation (PyTorch's, on the returned image). A live unit is untouched by the warm-up."""
   torch = pytest.importorskip("torch")
   module, clf = _dead_unit_model()
   layer = clf.layer_names[-1]
-  kw = dict(steps=32, fourier=False, vertex_steps=0)
-  off = fv.maximize_activation(clf, layer, (0,), key=key, warmup_steps=0, **kw)
-  np.testing.assert_allclose(off.images, off.start_images, atol=1e-6)
+  off = fv.maximize_activation(clf, layer, (0, 1), key=key, **DEAD_UNIT_OPTIONS)
+  np.testing.assert_allclose(off.images[0], off.start_images[0], atol=1e-6)
   assert float(fv.channel_activation(clf, off.images, layer)[0, 0]) == 0.0
-  on = fv.maximize_activation(clf, layer, (0,), key=key, warmup_steps=24, **kw)
+  on = fv.maximize_activation(clf, layer, (0, 1), key=key,
+                              **{**DEAD_UNIT_OPTIONS, "warmup_steps": 24})
   assert float(on.trace[0, 0]) == 0.0 and float(on.trace[-1, 0]) > 0  # the trace is the true one
   with torch.no_grad():
     ref = module(torch.tensor(np.asarray(on.images)).permute(0, 3, 1, 2))[0, 0].item()
   assert ref > 0.01, ref
   np.testing.assert_allclose(fv.channel_activation(clf, on.images, layer)[0, 0], ref,
                              rtol=1e-5)
-  # A live unit is untouched by the warm-up: its gradient is never zero.
-  a = fv.maximize_activation(clf, layer, (1,), key=key, warmup_steps=0, **kw)
-  b = fv.maximize_activation(clf, layer, (1,), key=key, warmup_steps=24, **kw)
-  np.testing.assert_allclose(a.images, b.images, atol=1e-6)
+  np.testing.assert_allclose(on.images[1], off.images[1], atol=1e-6)
   with pytest.raises(ValueError, match="warmup_steps"):
     fv.maximize_activation(clf, layer, (0,), key=key, warmup_steps=-1)
 
@@ -211,13 +213,13 @@ def test_vertex_candidates_reach_the_maximum_of_a_linear_unit(key):
   module, clf = _dead_unit_model()
   layer = clf.layer_names[-1]
   w = module[1].weight.detach().numpy().astype(np.float64)
-  r = fv.maximize_activation(clf, layer, (0, 1), key=key, steps=16, warmup_steps=0)
+  r = fv.maximize_activation(clf, layer, (0, 1), key=key,
+                             **{**DEAD_UNIT_OPTIONS, "vertex_steps": 2})
   value = np.asarray(fv.channel_activation(clf, r.images, layer))[[0, 1], [0, 1]]
   np.testing.assert_allclose(value, [0.1, np.maximum(w[1], 0).sum() + 1.5], rtol=1e-5)
   np.testing.assert_array_equal(r.images[0], 1.0)
   np.testing.assert_array_equal(r.images[1].ravel(), (w[1] > 0).astype(np.float32))
-  plain = fv.maximize_activation(clf, layer, (0, 1), key=key, steps=16, warmup_steps=0,
-                                 vertex_steps=0)
+  plain = fv.maximize_activation(clf, layer, (0, 1), key=key, **DEAD_UNIT_OPTIONS)
   assert float(jnp.abs(plain.images - 0.5).max()) < 0.5  # strictly inside the box
   with pytest.raises(ValueError, match="vertex_steps"):
     fv.maximize_activation(clf, layer, (0,), key=key, vertex_steps=-1)
