@@ -301,8 +301,12 @@ def filters(clf, out, cfg: FiltersConfig = FiltersConfig(), *, face=None,
   start = np.asarray(feature_vis.channel_activation(clf, vis.start_images, layer))[index]
   final = np.asarray(feature_vis.channel_activation(clf, vis.images, layer))[index]
   maps = np.asarray(feature_vis.activations(clf, data_lib.to_float(face[None]), layer))[0]
+  bundled = data_lib.to_float(data_lib.sample_faces().images)
+  ratios = feature_vis.ratio_to_best(clf, layer, chosen, vis.images, bundled) \
+      if tuple(clf.input_shape) == bundled.shape[1:] else None
   with _output(out, overwrite) as tmp:
-    viz.save(viz.filter_grid_figure(vis.images, chosen, layer=layer),
+    viz.save(viz.filter_grid_figure(vis.images, chosen, layer=layer, ratios=ratios,
+                                    reference=f"the best of {len(bundled)} bundled faces"),
              tmp / f"filters_{layer}.png")
     if maps.ndim == 3:  # spatial maps; a dense layer's units have none to draw
       viz.save(viz.feature_maps_figure(face, maps[..., chosen], chosen, layer=layer),
@@ -311,7 +315,9 @@ def filters(clf, out, cfg: FiltersConfig = FiltersConfig(), *, face=None,
                         images=vis.images, trace=vis.trace, start_images=vis.start_images,
                         face=face, feature_maps=maps)
     summary = {"layer": layer, "filters": chosen, "config": dataclasses.asdict(cfg),
-               "start_activation": start.tolist(), "final_activation": final.tolist()}
+               "start_activation": start.tolist(), "final_activation": final.tolist(),
+               "ratio_to_best_bundled_face": None if ratios is None else
+               [None if np.isnan(r) else float(r) for r in ratios]}
     (tmp / f"filters_{layer}.json").write_text(json.dumps(summary, indent=1))
   return _done(out, f"{layer}: {len(chosen)} filters, mean activation {start.mean():.3g} at the "
                f"random start -> {final.mean():.3g} after {cfg.steps} steps",

@@ -8,7 +8,9 @@ optimisation per filter, all of them vmapped inside one compiled ``lax.scan``, w
 regularisers of Lucid / Lucent (L2 decay, total variation, random jitter, periodic blur, a
 sigmoid- or clip-bounded pixel range, and the decorrelated Fourier parameterisation), and a
 jitter-free polish phase at the end that keeps the best iterate, so that the image returned
-maximises the filter itself rather than its average over shifts. :func:`check_layer` says
+maximises the filter itself rather than its average over shifts; units that are off get a
+straight-through gradient for the first steps, and saturated (box-vertex) candidates are kept
+where they score higher. :func:`check_layer` says
 before any work whether a layer can be visualised; :func:`ratio_to_best` compares the result
 with the most activating real face.
 
@@ -141,6 +143,18 @@ def default_layer(classifier: Classifier) -> str:
   and its last layer (the ReLU) stands for it. ``conv3_2`` for jaxplain's CNN, ``conv_3.3``
   for a conv/BN/ReLU ``nn.Sequential`` per stage.
   """
+  blocks = _block_ends(classifier)
+  if not blocks:
+    spatial = [n for n in classifier.layer_names if len(_layer_shape(classifier, n)) == 3]
+    if not spatial:
+      raise ValueError(f"the classifier has no layer with spatial maps; layers: "
+                       f"{list(classifier.layer_names)}")
+    return spatial[len(spatial) // 2]
+  return blocks[len(blocks) // 2]
+
+
+def _block_ends(classifier: Classifier) -> list[str]:
+  """The last layer of each conv block, input to output (see :func:`default_layer`)."""
   blocks, previous, channels = [], None, classifier.input_shape[-1]
   for name in classifier.layer_names:
     shape = _layer_shape(classifier, name)
@@ -153,13 +167,7 @@ def default_layer(classifier: Classifier) -> str:
     elif shape[-1] != channels:
       blocks.append((name, shape))
     channels, previous = shape[-1], shape
-  if not blocks:
-    spatial = [n for n in classifier.layer_names if len(_layer_shape(classifier, n)) == 3]
-    if not spatial:
-      raise ValueError(f"the classifier has no layer with spatial maps; layers: "
-                       f"{list(classifier.layer_names)}")
-    return spatial[len(spatial) // 2]
-  return blocks[len(blocks) // 2][0]
+  return [name for name, _ in blocks]
 
 
 def _check_neuron(neuron, shape, layer):
@@ -327,13 +335,39 @@ _PIXEL_RANGES = ("sigmoid", "clip")
 _RESTART_OFFSETS = (0.0, -2.0, 2.0, -1.0, 1.0, -3.0, 3.0, -0.5, 0.5)
 
 
+def _unit_value(tapped, f, x, *, neuron):
+  """Filter ``f``'s objective on one image ``x`` (h, w, C): a scalar."""
+  return jnp.take(_objective(tapped(x[None], None)[1], neuron)[0], f)
+
+
+def _vertex_walk(objective, image, value, steps):
+  """Saturated candidates for ``image``, each kept only if ``objective`` scores it higher.
+
+  The image binarised at 0.5, the black and the white image, then ``steps`` moves to the vertex
+  of the [0, 1] box that the objective's gradient points to (pixels with a positive gradient to
+  1, negative to 0, zero kept), each from the best so far. Returns ``(image, value)``.
+  """
+  def keep(best, candidate):
+    v = objective(candidate)
+    better = v > best[1]
+    return jnp.where(better, candidate, best[0]), jnp.where(better, v, best[1])
+
+  best = (image, value)
+  for candidate in (image > 0.5, jnp.zeros_like(image), jnp.ones_like(image)):
+    best = keep(best, candidate.astype(image.dtype))
+  for _ in range(steps):
+    g = jax.grad(objective)(best[0])
+    best = keep(best, jnp.where(g > 0, 1.0, jnp.where(g < 0, 0.0, best[0])).astype(image.dtype))
+  return best
+
+
 @functools.partial(jax.jit, static_argnames=(
     "layer", "steps", "optimizer", "neuron", "fourier", "pixel_range", "decay_power", "l2",
     "tv", "jitter", "polish_steps", "blur_every", "blur_sigma", "init_scale", "restarts",
-    "batch_size"))
+    "warmup_steps", "vertex_steps", "batch_size"))
 def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron, fourier,
               pixel_range, decay_power, l2, tv, jitter, polish_steps, blur_every, blur_sigma,
-              init_scale, restarts, batch_size):
+              init_scale, restarts, warmup_steps, vertex_steps, batch_size):
   shape = tuple(classifier.input_shape)
   h, w, _ = shape
   scale_np = _spectrum_scale(h, w, decay_power)
@@ -353,13 +387,20 @@ def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron
       x = x - 0.5
     return _pixels_to_fft(x, scale) if fourier else x
 
-  def objective(x, f):
-    act = tapped(x[None], None)[1]
-    return jnp.take(_objective(act, neuron)[0], f)
+  unit_value = functools.partial(_unit_value, neuron=neuron)
 
-  def loss(p, f, k, jittered):
+  def objective(x, f):
+    return unit_value(tapped, f, x)
+
+  def straight_through(x, f):
+    # The objective with every ReLU's backward pass the identity: a gradient where it is off.
+    from jaxplain.attribution import rules
+    return rules.modified(jax.tree_util.Partial(unit_value, tapped, f), x,
+                          rules.RuleSet(relu="pass"))
+
+  def loss(p, f, k, jittered, surrogate=False):
     x = to_image(p)
-    value = objective(_jitter(k, x, jitter, jittered), f)
+    value = (straight_through if surrogate else objective)(_jitter(k, x, jitter, jittered), f)
     penalty = 0.0
     if l2:
       penalty += l2 * jnp.mean(jnp.square(x - 0.5))
@@ -391,11 +432,24 @@ def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron
 
     polish_from = steps - polish_steps
 
+    def gradient(p, ki, jittered):
+      (_, value), g = jax.value_and_grad(loss, has_aux=True)(p, f, ki, jittered)
+      return value, g
+
+    def warm_gradient(p, ki, jittered):
+      value, g = gradient(p, ki, jittered)
+      off = value == 0  # a ReLU'd unit off at every position: its gradient is zero too
+      g_st = jax.grad(lambda q: loss(q, f, ki, jittered, surrogate=True)[0])(p)
+      return value, jax.tree.map(lambda a, b: jnp.where(off, b, a), g, g_st)
+
     def step(carry, inputs):
       p, opt_state, best, best_value = carry
       i, ki = inputs
       polishing = i >= polish_from
-      (_, value), g = jax.value_and_grad(loss, has_aux=True)(p, f, ki, ~polishing)
+      if warmup_steps:
+        value, g = jax.lax.cond(i < warmup_steps, warm_gradient, gradient, p, ki, ~polishing)
+      else:
+        value, g = gradient(p, ki, ~polishing)
       # While polishing, `value` is the objective of `p` itself (no jitter): keep the best.
       better = polishing & (value > best_value)
       best = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best)
@@ -412,10 +466,14 @@ def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron
     carry = (p0, optimizer.init(p0), p0, jnp.full((), -jnp.inf, value_dtype))
     (p, _, best, best_value), trace = jax.lax.scan(
         step, carry, (jnp.arange(steps), jax.random.split(k_steps, steps)))
-    if polish_steps or restarts > 1:  # the last update was never measured: one more forward
+    if polish_steps or restarts > 1 or vertex_steps:  # the last update was never measured
       final = objective(to_image(p), f)
       p, best_value = jnp.where(final >= best_value, p, best), jnp.maximum(final, best_value)
-    return to_image(p), trace, to_image(p0), best_value
+    image = to_image(p)
+    if vertex_steps:
+      image, best_value = _vertex_walk(lambda x: objective(x, f), image, best_value,
+                                       vertex_steps)
+    return image, trace, to_image(p0), best_value
 
   # Restart r of filter f: key fold_in(fold_in(key, f), r) (r = 0: fold_in(key, f) alone, so
   # one restart gives what it always gave), start brightness _RESTART_OFFSETS[r].
@@ -444,6 +502,7 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
                         polish_steps: int | None = None, blur_every: int = 0,
                         blur_sigma: float = 0.5,
                         init_scale: float = 1.0, init=None, restarts: int = 3,
+                        warmup_steps: int | None = None, vertex_steps: int = 2,
                         batch_size: int | None = None) -> Visualization:
   """Gradient ascent on the input: for each filter, an image that activates it strongly.
 
@@ -457,7 +516,10 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
   where the objective is the mean of channel ``f`` of ``layer`` over spatial positions (the
   unit itself for a dense layer), or its value at ``neuron = (row, col)``. The first
   ``steps - polish_steps`` steps jitter the image (readable, translation-robust patterns); the
-  last ``polish_steps`` do not, and the best unshifted iterate is returned. Every
+  last ``polish_steps`` do not, and the best unshifted iterate is kept. Filters that are off
+  (no gradient) follow a straight-through surrogate for the first ``warmup_steps``, and the
+  kept image then meets saturated candidates (``vertex_steps``): whichever scores higher by the
+  true activation is returned. Every
   ``blur_every`` steps the parameters are blurred with a Gaussian of ``blur_sigma`` pixels
   (Yosinski et al.); in the Fourier basis that blur is exact, applied to the spectrum.
 
@@ -507,6 +569,21 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
       striped local optimum at about half of what an all-dark image gives (the shipped CNN's
       ``conv1_1``: 0.53× the best real face with 1 restart, 0.90× with 3; FER2013 holds blank
       faces, which are this optimum exactly). With ``init``, restarts differ by jitter only.
+    warmup_steps: during the first this many steps, a filter whose objective is exactly 0 and
+      so has no gradient (a ReLU unit that is off for the whole image, as NetworkV2's ``linear.1`` unit
+      217 is at every start) follows the straight-through gradient instead: the same objective
+      with every ReLU's backward pass the identity (:mod:`jaxplain.attribution.rules`,
+      ``relu="pass"``), which points to where the unit's pre-activation rises. Filters with a
+      gradient keep theirs; what is measured, kept and returned is always the true activation.
+      ``None``: ``steps // 16`` (those steps compute both gradients). ``0``: never.
+    vertex_steps: after the ascent, saturated candidates, each kept only if it scores higher:
+      the image binarised at 0.5, the black and the white image, then this many moves to the
+      vertex of the [0, 1] box the gradient points to (pixels with a positive gradient to 1,
+      negative to 0), from the best so far. A first layer's filter (a ReLU of a linear map of
+      the pixels) is convex, so its maximum over the box is at a vertex, e.g. an exactly black
+      image, which a sigmoid-bounded image only approaches (shipped ``conv1_1``: dark detectors
+      0.90-0.95× the best face without, 1.00× with: that face is a black FER2013 image, the
+      maximum itself). Costs ``3 + 2 * vertex_steps`` forward passes per restart. ``0``: none.
     batch_size: optimise this many filters at a time (``lax.map``) to bound memory; ``None``:
       all at once.
 
@@ -535,6 +612,11 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
   if not isinstance(restarts, (int, np.integer)) or not 1 <= restarts <= len(_RESTART_OFFSETS):
     raise ValueError(f"`restarts` must be an int in 1..{len(_RESTART_OFFSETS)}, got "
                      f"{restarts!r}")
+  if warmup_steps is None:
+    warmup_steps = steps // 16
+  for name, v in (("warmup_steps", warmup_steps), ("vertex_steps", vertex_steps)):
+    if not isinstance(v, (int, np.integer)) or v < 0:
+      raise ValueError(f"`{name}` must be an int >= 0, got {v!r}")
   if not isinstance(polish_steps, (int, np.integer)) or not 0 <= polish_steps <= steps:
     raise ValueError(f"`polish_steps` must be an int in 0..steps ({steps}), got {polish_steps!r}")
   if jitter >= min(classifier.input_shape[:2]):
@@ -560,6 +642,8 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
                    jitter=int(jitter), polish_steps=int(polish_steps),
                    blur_every=int(blur_every), blur_sigma=float(blur_sigma),
                    init_scale=float(init_scale), restarts=int(restarts),
+                   warmup_steps=min(int(warmup_steps), int(steps)),
+                   vertex_steps=int(vertex_steps),
                    batch_size=None if batch_size is None else int(batch_size))
 
 

@@ -217,7 +217,7 @@ def _grid_axes(n: int, cols: int, size: float, extra: int = 0):
 
 
 def filter_grid_figure(images, filters, *, layer: str = "", scores=None, cols: int = 8,
-                       title: str = "", ratios=None):
+                       title: str = "", ratios=None, reference: str = "the best real face"):
   """The optimised input of each filter of a layer (question 2, part 1), one tile per filter.
 
   Args:
@@ -229,19 +229,20 @@ def filter_grid_figure(images, filters, *, layer: str = "", scores=None, cols: i
     cols: tiles per row.
     title: overrides the default title.
     ratios: optional ``(F,)`` activation of each image / that of the most activating real face
-      (``feature_vis.ratio_to_best``; NaN where undefined), printed under each tile and
-      explained in the title.
+      (``feature_vis.ratio_to_best``; NaN where undefined), printed under each tile (3
+      significant digits: a tie, 1×, stays apart from 0.995×) and explained in the title.
+    reference: what the ratios compare with, for the title (e.g. "the best of 35 faces").
   """
   images = np.asarray(images)
   images = images[..., 0] if images.ndim == 4 else images
   if ratios is not None:
     scores = np.asarray(ratios, np.float64)
     title = (title or f"inputs that maximise each filter of {layer}") + \
-        "\n(×: its activation / the best real face's)"
+        f"\n(×: its activation / that of {reference})"
   fig, axes = _grid_axes(len(images), cols, 1.25)
   for i, (ax, image, f) in enumerate(zip(axes, images, filters)):
     ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    label = f"#{int(f)}" + (f"  {float(scores[i]):.2g}×" if scores is not None else "")
+    label = f"#{int(f)}" + (f"  {float(scores[i]):.3g}×" if scores is not None else "")
     label = label.replace("nan×", "n/a")
     ax.set_title(label, fontsize=7, pad=2)
   fig.suptitle(title or f"inputs that maximise each filter of {layer}", fontsize=10)

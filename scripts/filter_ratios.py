@@ -8,8 +8,10 @@ best face's activation is > 0: a layer before its ReLU can have a negative best,
 "beats" means something). Prints one row per filter (single layer) or one summary row per layer
 (min / median / max ratio) as a Markdown table, and writes everything to a JSON file.
 
-  # the README table: every layer of the shipped CNN and of the converted reference NetworkV2
-  python scripts/filter_ratios.py --model shipped,network_v2 --layers all --per-layer 8
+  # the README table: every layer of the shipped CNN and of the converted reference NetworkV2,
+  # 3 random filters per layer, plus every filter of the layers that once failed
+  python scripts/filter_ratios.py --model shipped,network_v2 --layers all --per-layer 3 \
+      --also shipped:conv1_1=all --also network_v2:conv_2.3=all --also network_v2:linear.1=217
   # one layer, every filter
   python scripts/filter_ratios.py --layers conv3_2 --filters 0:128
 """
@@ -21,6 +23,7 @@ import json
 import pathlib
 import sys
 import time
+import zlib
 
 import jax
 import numpy as np
@@ -59,8 +62,12 @@ def measure(clf, layer, filters, images_u8, *, key, progress=None, **options) ->
                  "beats": bool(final[i] > best[f]),
                  "ratio_real": float(final[i] / best[f]) if best[f] > 0 else None})
   ratios = np.array([r["ratio_real"] for r in rows if r["ratio_real"] is not None])
+  # A tie: the best face is itself the maximiser (a blank black FER2013 image for a first-layer
+  # dark detector) and the ascent reached it exactly.
+  ties = sum(not r["beats"] and r["best_real"] > 0
+             and abs(r["optimised"] - r["best_real"]) <= 1e-6 * r["best_real"] for r in rows)
   summary = {"filters": len(rows), "beats": int(sum(r["beats"] for r in rows)),
-             "with_ratio": int(ratios.size)}
+             "ties": int(ties), "with_ratio": int(ratios.size)}
   if ratios.size:
     summary.update(ratio_real_min=float(ratios.min()), ratio_real_median=float(np.median(ratios)),
                    ratio_real_max=float(ratios.max()))
@@ -101,6 +108,9 @@ def main(argv=None) -> int:
   p.add_argument("--filters", default="all", help="slice (0:64) or list (1,5,9)")
   p.add_argument("--per-layer", type=int, default=0,
                  help="instead of --filters: this many filters per layer, drawn at random")
+  p.add_argument("--also", action="append", default=[], metavar="[MODEL:]LAYER=FILTERS",
+                 help="more filters of one layer, added to --per-layer's draw (repeatable), "
+                      "e.g. network_v2:linear.1=217 or shipped:conv1_1=all")
   p.add_argument("--steps", type=int, help="default: maximize_activation's")
   p.add_argument("--jitter", type=int, help="default: maximize_activation's")
   p.add_argument("--polish-steps", type=int, help="default: maximize_activation's")
@@ -112,7 +122,11 @@ def main(argv=None) -> int:
   images = data.load_csv(args.csv, usage="PublicTest").images[:args.faces]
   options = {k: v for k, v in (("steps", args.steps), ("jitter", args.jitter),
                                ("polish_steps", args.polish_steps)) if v is not None}
-  rng = np.random.default_rng(args.seed)
+  also = {}
+  for item in args.also:
+    where, _, picked = item.rpartition("=")
+    model, _, layer = where.rpartition(":")
+    also.setdefault((model or None, layer), []).append(picked)
   results = []
   for model in args.model.split(","):
     clf = _load(model.strip(), args.checkpoint)
@@ -122,10 +136,14 @@ def main(argv=None) -> int:
       layers = args.layers.split(",") if args.layers else [feature_vis.default_layer(clf)]
     for layer in layers:
       count = feature_vis.filter_count(clf, layer)
-      if args.per_layer:
-        filters = sorted(rng.choice(count, min(args.per_layer, count), replace=False).tolist())
+      if args.per_layer:  # the same draw for a layer whatever else is run
+        rng = np.random.default_rng([args.seed, zlib.crc32(f"{model}:{layer}".encode())])
+        filters = rng.choice(count, min(args.per_layer, count), replace=False).tolist()
       else:
         filters = feature_vis.parse_filters(args.filters, count)
+      for text in also.get((model, layer), []) + also.get((None, layer), []):
+        filters += feature_vis.parse_filters(text, count)
+      filters = sorted(set(filters))
       with tqdm(total=len(filters), desc=f"{model} {layer}", unit="filter",
                 file=sys.stderr) as bar:
         r = measure(clf, layer, filters, images, key=jax.random.key(args.seed),
@@ -138,6 +156,7 @@ def main(argv=None) -> int:
             f"ratio min {_fmt(s.get('ratio_real_min'))} median "
             f"{_fmt(s.get('ratio_real_median'))} ({r['seconds']['ascent']:.0f}s)",
             file=sys.stderr, flush=True)
+      pathlib.Path(args.json).write_text(json.dumps(results, indent=1))  # partial results too
 
   print(f"\nActivation of each filter's optimised image / its best over {len(images)} "
         f"PublicTest faces (options: {options or 'defaults'}; device {jax.devices()[0]})\n")
@@ -150,8 +169,9 @@ def main(argv=None) -> int:
         "|---|---|---|---:|---:|---:|---:|---:|")
   for r in results:
     s = r["summary"]
+    ties = f" (+{s['ties']} tie{'s' * (s['ties'] > 1)})" if s.get("ties") else ""
     print(f"| {r['model']} | {r['layer']} | {'×'.join(map(str, r['shape']))} | {s['filters']} | "
-          f"{s['beats']}/{s['filters']} | {_fmt(s.get('ratio_real_min'))} | "
+          f"{s['beats']}/{s['filters']}{ties} | {_fmt(s.get('ratio_real_min'))} | "
           f"{_fmt(s.get('ratio_real_median'))} | {_fmt(s.get('ratio_real_max'))} |")
   pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
   print(f"wrote {args.json}", file=sys.stderr)
