@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["DEFAULT_BUDGET", "activation_bytes", "auto_batch_size", "check_batch_size",
-           "chunked_map", "map_chunks", "MAX_UNROLLED_CHUNKS"]
+           "chunked_map", "forward_bytes", "map_chunks", "MAX_UNROLLED_CHUNKS"]
 
 # Bytes of activations one chunk may hold by default: a few hundred MB keeps the README's
 # examples far below a laptop's memory while chunks stay large enough to be fast.
@@ -155,6 +155,31 @@ def activation_bytes(fn: Callable, *args) -> int:
     return total
 
   return walk(jaxpr.jaxpr)
+
+
+def forward_bytes(fn: Callable, *args) -> int:
+  """Bytes a forward-only evaluation of ``fn(*args)`` keeps alive: 4 times its largest
+  intermediate value.
+
+  Without a backward pass an intermediate is freed after its last use, so the live set of a
+  network is a few layers' outputs (a residual branch's input, the current layer's input and
+  output), not the sum over layers that :func:`activation_bytes` bounds. Computed from shapes.
+  """
+  jaxpr = jax.make_jaxpr(fn)(*args)
+
+  def walk(jp) -> int:
+    largest = 0
+    for eqn in jp.eqns:
+      for v in eqn.outvars:
+        aval = getattr(v, "aval", None)
+        if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+          largest = max(largest, int(np.prod(aval.shape, dtype=np.int64))
+                        * jnp.dtype(aval.dtype).itemsize)
+      for sub in _jaxprs_in_params(eqn.params):
+        largest = max(largest, walk(sub))
+    return largest
+
+  return 4 * walk(jaxpr.jaxpr)
 
 
 def auto_batch_size(per_row_bytes: int, rows: int, *, budget: int = DEFAULT_BUDGET) -> int:

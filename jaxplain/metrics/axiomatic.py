@@ -79,7 +79,8 @@ def non_sensitivity(forward, inputs, target, attributions, *, key=None, eps: flo
   return _non_sensitivity(forward, inputs, target, attributions, key, features_in_step=f,
                           eps=float(eps), perturb_baseline=perturb_baseline,
                           softmax=bool(softmax), abs=bool(abs), normalise=bool(normalise),
-                          batch_size=auto_steps(forward, inputs, math.ceil(d / f), batch_size))
+                          batch_size=auto_steps(forward, inputs, math.ceil(d / f), batch_size,
+                                                forward_only=True))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,7 +68,7 @@ def _flipping(name, forward, inputs, target, attributions, key, *, features_in_s
   return _flip(forward, inputs, target, attributions, key, features_in_step=f,
                perturb_baseline=perturb_baseline, softmax=bool(softmax), abs=bool(abs),
                normalise=bool(normalise), insert=insert,
-               batch_size=auto_steps(forward, inputs, steps, batch_size))
+               batch_size=auto_steps(forward, inputs, steps, batch_size, forward_only=True))
 
 
 def pixel_flipping(forward, inputs, target, attributions, *, key=None, features_in_step: int = 1,
@@ -226,7 +226,7 @@ def region_perturbation(forward, inputs, target, attributions, *, key=None, patc
   return _region(forward, inputs, target, attributions, key, patch_size=p, order=order,
                  regions=regions, perturb_baseline=perturb_baseline, softmax=bool(softmax),
                  abs=bool(abs), normalise=bool(normalise),
-                 batch_size=auto_steps(forward, inputs, regions, batch_size))
+                 batch_size=auto_steps(forward, inputs, regions, batch_size, forward_only=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,7 +315,8 @@ def faithfulness_correlation(forward, inputs, target, attributions, *, key=None,
   return _faith_corr(forward, inputs, target, attributions, indices.astype(jnp.int32), key,
                      perturb_baseline=perturb_baseline, softmax=bool(softmax), abs=bool(abs),
                      normalise=bool(normalise),
-                     batch_size=auto_steps(forward, inputs, indices.shape[1], batch_size))
+                     batch_size=auto_steps(forward, inputs, indices.shape[1], batch_size,
+                                           forward_only=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,7 +402,7 @@ def monotonicity_correlation(forward, inputs, target, attributions, *, key=None,
                        eps=float(eps), softmax=bool(softmax), abs=bool(abs),
                        normalise=bool(normalise),
                        batch_size=auto_steps(forward, inputs, steps * values.shape[2],
-                                             batch_size))
+                                             batch_size, forward_only=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,7 +531,7 @@ def road(forward, inputs, target, attributions, *, key=None,
   counts = tuple(int(d * p / 100) for p in percentages)
   return _road(forward, inputs, target, attributions, key, jnp.asarray(noise, inputs.dtype),
                counts=counts, abs=bool(abs), normalise=bool(normalise),
-               batch_size=auto_steps(forward, inputs, len(counts), batch_size))
+               batch_size=auto_steps(forward, inputs, len(counts), batch_size, forward_only=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,4 +597,5 @@ def infidelity(forward, inputs, target, attributions, *, key=None, n_perturb_sam
                        f"with N = {inputs.shape[0]}, got {tuple(perturbations.shape)}")
   return _infidelity(forward, inputs, target, attributions, perturbations,
                      normalize=bool(normalize),
-                     batch_size=auto_steps(forward, inputs, perturbations.shape[1], batch_size))
+                     batch_size=auto_steps(forward, inputs, perturbations.shape[1], batch_size,
+                                           forward_only=True))
