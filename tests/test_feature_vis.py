@@ -438,6 +438,7 @@ def test_reference_faces():
   np.testing.assert_array_equal(reference_faces(), faces)  # seeded
 
 
+@pytest.mark.slow
 def test_default_ascent_beats_faces_on_network_v2_conv_2_3():
   """The filter of NetworkV2's conv_2.3 that fared worst under the old defaults (jitter to the
   last step: 0.91× the best of 1,000 PublicTest faces). The bundled and synthetic faces are
