@@ -38,3 +38,16 @@ def test_readme_has_two_commands():
   text = README.read_text()
   bash = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
   assert any("jaxplain report" in b for b in bash) and any("scripts/test.sh" in b for b in bash)
+
+
+def test_every_package_is_installed():
+  """A plain (non-editable) install ships only the packages pyproject.toml lists: every folder
+  of jaxplain/ with an __init__.py must be there, or `jaxplain report` fails after `pip install .`
+  (as it did when jaxplain.metrics was added)."""
+  import tomllib
+  root = README.parent
+  listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+               ["packages"])
+  found = {".".join(p.parent.relative_to(root).parts)
+           for p in (root / "jaxplain").rglob("__init__.py")}
+  assert found <= listed, f"missing from pyproject.toml packages: {sorted(found - listed)}"
