@@ -135,26 +135,32 @@ def _jaxprs_in_params(params):
   return jaxprs_in_params(params)
 
 
+def _output_bytes(fn: Callable, args, combine: Callable[[int, int], int]) -> int:
+  """``combine`` folded over the byte sizes of every equation output of ``fn(*args)``'s jaxpr
+  (nested jaxprs included), from shapes alone."""
+
+  def walk(jp) -> int:
+    acc = 0
+    for eqn in jp.eqns:
+      for v in eqn.outvars:
+        aval = getattr(v, "aval", None)
+        if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+          acc = combine(acc, int(np.prod(aval.shape, dtype=np.int64))
+                        * jnp.dtype(aval.dtype).itemsize)
+      for sub in _jaxprs_in_params(eqn.params):
+        acc = combine(acc, walk(sub))
+    return acc
+
+  return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
 def activation_bytes(fn: Callable, *args) -> int:
   """Bytes of every intermediate value of ``fn(*args)`` (its jaxpr's equation outputs).
 
   An upper bound on what reverse-mode differentiation keeps for the backward pass; computed
   from shapes alone (``args`` may be ``jax.ShapeDtypeStruct``).
   """
-  jaxpr = jax.make_jaxpr(fn)(*args)
-
-  def walk(jp) -> int:
-    total = 0
-    for eqn in jp.eqns:
-      for v in eqn.outvars:
-        aval = getattr(v, "aval", None)
-        if hasattr(aval, "shape") and hasattr(aval, "dtype"):
-          total += int(np.prod(aval.shape, dtype=np.int64)) * jnp.dtype(aval.dtype).itemsize
-      for sub in _jaxprs_in_params(eqn.params):
-        total += walk(sub)
-    return total
-
-  return walk(jaxpr.jaxpr)
+  return _output_bytes(fn, args, lambda a, b: a + b)
 
 
 def forward_bytes(fn: Callable, *args) -> int:
@@ -165,21 +171,7 @@ def forward_bytes(fn: Callable, *args) -> int:
   network is a few layers' outputs (a residual branch's input, the current layer's input and
   output), not the sum over layers that :func:`activation_bytes` bounds. Computed from shapes.
   """
-  jaxpr = jax.make_jaxpr(fn)(*args)
-
-  def walk(jp) -> int:
-    largest = 0
-    for eqn in jp.eqns:
-      for v in eqn.outvars:
-        aval = getattr(v, "aval", None)
-        if hasattr(aval, "shape") and hasattr(aval, "dtype"):
-          largest = max(largest, int(np.prod(aval.shape, dtype=np.int64))
-                        * jnp.dtype(aval.dtype).itemsize)
-      for sub in _jaxprs_in_params(eqn.params):
-        largest = max(largest, walk(sub))
-    return largest
-
-  return 4 * walk(jaxpr.jaxpr)
+  return 4 * _output_bytes(fn, args, max)
 
 
 def auto_batch_size(per_row_bytes: int, rows: int, *, budget: int = DEFAULT_BUDGET) -> int:

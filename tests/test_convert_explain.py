@@ -86,11 +86,10 @@ def resnet18():
   module = tv.models.resnet18(weights=None, num_classes=7).eval()
   g = torch.Generator().manual_seed(0)
   with torch.no_grad():
-    for m in module.modules():
-      if isinstance(m, nn.BatchNorm2d):
-        m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-        m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-        m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+    for m in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
+      m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+      m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+      m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
   clf = convert.from_torch(module, input_shape=(3, 64, 64), check=False)
   return module, clf
 
