@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain import batching
-from jaxplain.attribution._common import select
+from jaxplain.attribution._common import check_call, select
 
 __all__ = ["check_feature_mask", "check_masked_call", "feature_rows", "fill_like", "masked_scores",
            "require_key", "superpixel_copy"]
@@ -98,7 +98,6 @@ def check_masked_call(forward, inputs, target, *, feature_mask, baselines, batch
     (:func:`check_feature_mask`), the absent-pixel values (:func:`fill_like`) and the checked
     batch size.
   """
-  from jaxplain.attribution._common import check_call
   forward, inputs, target = check_call(forward, inputs, target)
   segments, m = check_feature_mask(feature_mask, inputs)
   fill = fill_like(baselines, inputs)
