@@ -29,6 +29,8 @@ import time
 import jax
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # _bench_common, under -P too
+
 ROUNDS = 3
 ROWS = ("pixel_flipping", "max_sensitivity", "mprt", "faithfulness_correlation", "road")
 
@@ -56,12 +58,18 @@ def _models():
     for m in module.modules():
       if isinstance(m, torch.nn.ReLU):
         m.inplace = False
-    return Normalised(module).eval(), clf, "NetworkV2 (pretrained, converted)"
+    return (Normalised(module).eval().to(_device()), clf,
+            "NetworkV2 (pretrained, converted)")
   except ImportError:
     from _bench_common import classifier
     from bench_attribution import torch_twin
     clf, label = classifier()
-    return torch_twin(clf), clf, f"{label} and its torch twin"
+    return torch_twin(clf).to(_device()), clf, f"{label} and its torch twin"
+
+
+def _device() -> str:
+  import _bench_common
+  return _bench_common.TORCH_DEVICE
 
 
 def _faces(n):
@@ -73,12 +81,13 @@ def _faces(n):
 
 def _torch_saliency(model, inputs, targets, **kwargs):
   import torch
-  x = torch.as_tensor(np.asarray(inputs, np.float32)).requires_grad_()
+  device = next(model.parameters()).device
+  x = torch.as_tensor(np.asarray(inputs, np.float32), device=device).requires_grad_()
   with torch.enable_grad():
     out = model(x)
-    out[torch.arange(len(x)), torch.as_tensor(np.asarray(targets), dtype=torch.long)].sum(
-        ).backward()
-  return np.abs(x.grad.detach().numpy())
+    t = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device)
+    out[torch.arange(len(x), device=device), t].sum().backward()
+  return np.abs(x.grad.detach().cpu().numpy())
 
 
 def _nchw(x):
@@ -95,7 +104,7 @@ def _cases(model, clf, only):
 
   def q(metric, x, t, a, **kw):
     return lambda: metric(model=model, x_batch=_nchw(x), y_batch=t, a_batch=_nchw(a),
-                          channel_first=True, device="cpu", **kw)
+                          channel_first=True, device=_device(), **kw)
 
   def add(name, n, build):
     if name in only:
@@ -158,13 +167,19 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--rounds", type=int, default=ROUNDS)
   p.add_argument("--only", default=",".join(ROWS))
+  p.add_argument("--torch-device", choices=("auto", "cpu", "cuda"), default="auto",
+                 help="where Quantus and the PyTorch model run (auto: cuda when JAX is on a GPU "
+                      "and torch sees one)")
   args = p.parse_args(argv)
+  import _bench_common
+  from bench import _torch_device
+  _bench_common.TORCH_DEVICE = _torch_device(args.torch_device)
 
   def report(name, ours_s, peer_s, compile_s, note):
     print(f"{name:34s} jaxplain {ours_s:8.2f} s  Quantus {peer_s:8.2f} s  "
           f"ratio {peer_s / ours_s:5.2f}x  compile {compile_s:6.1f} s  ({note})", flush=True)
 
-  print(f"devices: {jax.devices()}", flush=True)
+  print(f"devices: {jax.devices()}; Quantus on {_device()}", flush=True)
   run(report, rounds=args.rounds, only=tuple(s.strip() for s in args.only.split(",")))
   return 0
 

@@ -6,7 +6,10 @@
 #   1. installs the carried wheels and jaxplain itself without dependencies (under /tmp),
 #   2. runs the tests that exercise devices (models, batching, sharding, attributions),
 #   3. runs scripts/bench.py on the GPU, jaxplain against Captum/PyTorch on the same GPU.
-# Writes OUTDIR/env.txt, OUTDIR/tests.log, OUTDIR/bench*.json and OUTDIR/bench*.log.
+# Writes OUTDIR/device_check.log (environment, every step's output and time) and
+# OUTDIR/bench*.json. Optional, carried in the git-ignored .devdata/: refmodels/ (a copy of the
+# reference model cache of scripts/fetch_reference_models.py, for the metric rows against
+# Quantus) and fer_publictest.csv.gz (FER2013 rows, for the timed `jaxplain report --data`).
 #
 # Usage: bash scripts/device_check.sh OUTDIR [--dry-run]
 #   --dry-run: the same steps on this machine's CPU (JAX_PLATFORMS=cpu, --quick benchmark,
@@ -44,35 +47,54 @@ if [ "$DRY" = "--dry-run" ]; then
   BENCH_ARGS=(--quick)
   FULL_ROWS="saliency N=32,forward CNN*"
   QUICK_ROWS="filter*,lime 64*"
+  METRIC_ROWS="road"
+  SLOW=3  # the CPU is slower: stretch every step's time limit
 else
   BENCH_ARGS=(--rounds 3)
   FULL_ROWS="forward*,input gradient*,saliency*,integrated_gradients*,smoothgrad*,guided*,training*"
-  QUICK_ROWS="filter*,lime 64*,chunk saliency*"
+  QUICK_ROWS="filter*,lime 64*"
+  METRIC_ROWS="pixel_flipping,max_sensitivity,mprt,faithfulness_correlation,road"
+  SLOW=1
 fi
+# Optional carried data (git-ignored .devdata/, see the header): the converted reference model for
+# the metric rows and a FER2013 CSV for the timed report.
+[ -d .devdata/refmodels ] && export JAXPLAIN_REFERENCE_MODELS="$ROOT/.devdata/refmodels"
+DATA=${DEVICE_CHECK_DATA:-.devdata/fer_publictest.csv.gz}
 # -P: do not put the repository on sys.path, so the installed jaxplain (with its checkpoint) runs.
 RUN=("$PY" -P)
+# step SECONDS NAME CMD...: runs one step under its own time limit, its output into the log.
+step() {
+  local limit=$(( $1 * SLOW )) name=$2; shift 2
+  [ "$(left)" -lt 20 ] && { log "$name: skipped, out of time"; return; }
+  [ "$limit" -gt "$(left)" ] && limit=$(left)
+  log "$name (limit ${limit}s)"
+  local t0=$(date +%s)
+  timeout "$limit" "$@" >> "$OUT/device_check.log" 2>&1
+  log "$name: exit $? in $(( $(date +%s) - t0 ))s"
+}
 
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi"
-  "${RUN[@]}" -c "import jax, jaxplain, sys; print(sys.version); print('jax', jax.__version__, jax.devices()); print('jaxplain', jaxplain.__file__)"
+  "${RUN[@]}" -c "import jax, flax, optax, jaxplain, sys; print(sys.version); print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices()); print('jaxplain', jaxplain.__file__)"
   "${RUN[@]}" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-  "${RUN[@]}" -c "import captum, lime; print('captum', captum.__version__, 'lime ok')"
-} > "$OUT/env.txt" 2>&1
-log "environment: $(tr '\n' ' ' < "$OUT/env.txt" | cut -c1-400)"
+  "${RUN[@]}" -c "import captum, lime, quantus; print('captum', captum.__version__, 'quantus', quantus.__version__, 'lime ok')"
+} >> "$OUT/device_check.log" 2>&1
+log "environment written"
 
-log "tests that exercise devices"
-timeout $(( $(left) * 2 / 5 )) "${RUN[@]}" -m pytest -x -q -p no:cacheprovider --rootdir "$ROOT" \
-  tests/test_perf.py tests/test_sharding.py tests/test_batching.py > "$OUT/tests.log" 2>&1
-log "tests exit $? ($(tail -1 "$OUT/tests.log"))"
-
-log "benchmark: gradient methods, forward, training (jaxplain vs PyTorch/Captum, same device)"
-timeout $(( $(left) * 2 / 3 )) "${RUN[@]}" scripts/bench.py "${BENCH_ARGS[@]}" --rows "$FULL_ROWS" \
-  --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
-log "bench exit $?"
-log "benchmark: chunk-size sweeps, filter ascent and LIME (quick sizes)"
-timeout $(( $(left) - 10 )) "${RUN[@]}" scripts/bench.py --quick --rows "$QUICK_ROWS" \
-  --json "$OUT/bench_quick.json" > "$OUT/bench_quick.log" 2>&1
-log "quick bench exit $?"
-grep -v "^WARNING\|^I0000\|^W0000" "$OUT/bench.log" "$OUT/bench_quick.log" | tee -a "$OUT/device_check.log"
+step 70 "tests that exercise devices" "${RUN[@]}" -m pytest -x -q -p no:cacheprovider \
+  --rootdir "$ROOT" tests/test_sharding.py tests/test_batching.py tests/test_perf.py
+step 170 "benchmark: forward, gradient methods, training (jaxplain vs PyTorch/Captum, same device)" \
+  "${RUN[@]}" scripts/bench.py "${BENCH_ARGS[@]}" --rows "$FULL_ROWS" --json "$OUT/bench.json"
+step 70 "benchmark: metrics against Quantus (same device)" \
+  "${RUN[@]}" scripts/bench_metrics.py --rounds 3 --only "$METRIC_ROWS"
+if [ -f "$DATA" ]; then
+  step 70 "jaxplain report --data $DATA --per-class 30 (wall time includes start-up and compiles)" \
+    "${RUN[@]}" -m jaxplain.cli report --data "$DATA" --split PublicTest --per-class 30 \
+    --out /tmp/jaxplain_device_report --overwrite
+else
+  log "no $DATA: the timed report is skipped"
+fi
+step 60 "benchmark: filter ascent and LIME (quick sizes)" \
+  "${RUN[@]}" scripts/bench.py --quick --rows "$QUICK_ROWS" --json "$OUT/bench_quick.json"
 log "done in $(( $(date +%s) - START ))s"
