@@ -65,3 +65,49 @@ def test_activation_bytes_counts_intermediates_from_shapes():
   assert batching.activation_bytes(lambda v: jnp.cos(jnp.sin(v)), x) == 2 * 2 * 1000 * 4
   assert batching.auto_batch_size(100, 50, budget=1000) == 10
   assert batching.auto_batch_size(10**9, 50, budget=1000) == 1
+
+
+def test_shape_memo_traces_once_per_model_and_shape_and_never_mixes_models():
+  traces = []
+
+  def affine(params, x):
+    traces.append(x.shape)
+    return x @ params["w"] + params["b"][None]
+
+  def other(params, x):  # same parameter shapes, another function: its own entry
+    traces.append(("other", x.shape))
+    return (x @ params["w"])[:, :1]
+
+  params = {"w": jnp.ones((3, 5)), "b": jnp.zeros(5)}
+  f, g = jax.tree_util.Partial(affine, params), jax.tree_util.Partial(other, params)
+  x = jax.ShapeDtypeStruct((4, 3), jnp.float32)
+  assert batching.eval_shape(f, x).shape == (4, 5)
+  new_weights = jax.tree_util.Partial(affine, {"w": jnp.zeros((3, 5)), "b": jnp.ones(5)})
+  assert batching.eval_shape(new_weights, x).shape == (4, 5)  # new values, same shapes: cached
+  assert len(traces) == 1
+  assert batching.eval_shape(g, x).shape == (4, 1)
+  assert batching.eval_shape(f, jax.ShapeDtypeStruct((7, 3), jnp.float32)).shape == (7, 5)
+  assert len(traces) == 3
+  wider = jax.tree_util.Partial(affine, {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)})
+  assert batching.eval_shape(wider, x).shape == (4, 2)  # new weight shapes: traced again
+  assert len(traces) == 4
+
+
+def test_shape_memo_does_not_hold_closures_made_per_call():
+  calls = []
+
+  def make(k):
+    return lambda x: (calls.append(k), x[:, :k])[1]
+
+  for k in (1, 2):
+    assert batching.eval_shape(make(k), jax.ShapeDtypeStruct((2, 3), jnp.float32)).shape == (2, k)
+  assert batching.eval_shape(make(1), jax.ShapeDtypeStruct((2, 3), jnp.float32)).shape == (2, 1)
+  assert calls == [1, 2, 1]  # a closure is never memoised, so it never answers for another
+
+
+def test_default_budget_is_the_cpu_budget_here_and_used_by_auto_batch_size():
+  assert jax.local_devices()[0].platform != "cpu" or \
+      batching.default_budget() == batching.DEFAULT_BUDGET
+  per_row = batching.default_budget() // 10
+  assert batching.auto_batch_size(per_row, 1000) == 10
+  assert batching.auto_batch_size(per_row, 1000, budget=per_row * 3) == 3

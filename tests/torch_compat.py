@@ -12,14 +12,19 @@ from __future__ import annotations
 
 def import_torchvision():
   """``torchvision``, importable even where its C ops are missing (see module doc)."""
+  import sys
+
   import torch
-  try:
-    torch.ops.torchvision.nms  # noqa: B018  (present when the C library loaded)
-  except (AttributeError, RuntimeError):
-    lib = torch.library.Library("torchvision", "FRAGMENT")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _LIBS.append(lib)  # a Library unregisters its definitions when collected
+  try:  # a matching build (a GPU machine's): its C library registers the ops itself
+    import torchvision
+    return torchvision
+  except RuntimeError:  # "operator torchvision::nms does not exist": the C library did not load
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+      del sys.modules[name]
+  lib = torch.library.Library("torchvision", "FRAGMENT")
+  lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+  lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+  _LIBS.append(lib)  # a Library unregisters its definitions when collected
   import torchvision
   return torchvision
 

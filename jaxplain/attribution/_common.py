@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxplain import batching
 from jaxplain.models import Classifier, check_images, input_range
 
 
@@ -29,7 +30,7 @@ def as_forward(forward, *, name: str = "forward") -> jax.tree_util.Partial:
 def num_classes(forward, inputs, *, name: str = "forward") -> int:
   """K of ``forward`` on ``inputs``, from its abstract evaluation (nothing is computed)."""
   try:
-    out = jax.eval_shape(forward, jax.ShapeDtypeStruct(inputs.shape, inputs.dtype))
+    out = batching.eval_shape(forward, jax.ShapeDtypeStruct(inputs.shape, inputs.dtype))
   except Exception as e:  # a forward that cannot take these inputs (shape, dtype, range)
     raise ValueError(f"`{name}` failed on `inputs` of shape {tuple(inputs.shape)} "
                      f"{inputs.dtype}: {e}") from e

@@ -29,8 +29,10 @@ RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
          "gausslegendre")
 METHODS = RULES  # deprecated name of RULES (one release)
 # The default adaptive chunk: on CPU a backward pass costs less per image in small batches
-# (measured on 48×48 FER CNNs: 16 images at once ~10-25% cheaper per image than 64).
+# (measured on 48×48 FER CNNs: 16 images at once ~10-25% cheaper per image than 64). On an
+# accelerator a chunk costs its kernel launches whatever its size: MAX_CHUNK_ACCELERATOR.
 MAX_CHUNK = 16
+MAX_CHUNK_ACCELERATOR = 512
 # The adaptive integral's default per-pixel tolerance (a share of ‖attributions‖₁).
 PIXEL_TOL = 0.25
 
@@ -160,19 +162,24 @@ def _integrated_gradients_host(forward, inputs, target, baselines, *, steps, rul
   padded with weight-0 points), so one compilation serves every chunk."""
   alphas, weights = approximation(rule, steps)
   pad = -steps % batch_size
-  alphas = jnp.asarray(np.concatenate([alphas, np.ones(pad)]), inputs.dtype)
-  weights = jnp.asarray(np.concatenate([weights, np.zeros(pad)]), inputs.dtype)
+  alphas = np.concatenate([alphas, np.ones(pad)]).astype(inputs.dtype).reshape(-1, batch_size)
+  weights = np.concatenate([weights, np.zeros(pad)]).astype(inputs.dtype).reshape(-1, batch_size)
   n = inputs.shape[0]
+  groups = -(-n // images)
+
+  def grouped(v):  # (groups, images, ...): padded once with the first row, not per group
+    v = jnp.concatenate([v, jnp.broadcast_to(v[:1], (groups * images - n,) + v.shape[1:])])
+    return v.reshape((groups, images) + v.shape[1:])
+
+  xs, ts, bs = (grouped(v) for v in (inputs, target, baselines)) if groups > 1 else (
+      (v[None] for v in (inputs, target, baselines)))
   out = []
-  for g in range(0, n, images):
-    x, t, b = (jnp.concatenate([v[g:g + images]] + [v[:1]] * (images - len(v[g:g + images])))
-               for v in (inputs, target, baselines))
+  for x, t, b in zip(xs, ts, bs):
     total = jnp.zeros_like(x)
-    for c in range(0, steps + pad, batch_size):
-      total = _integrated_gradients_chunk(forward, x, t, b, alphas[c:c + batch_size],
-                                          weights[c:c + batch_size], total)
+    for a, w in zip(alphas, weights):
+      total = _integrated_gradients_chunk(forward, x, t, b, a, w, total)
     out.append(total * (x - b))
-  return jnp.concatenate(out)[:n]
+  return (jnp.concatenate(out) if groups > 1 else out[0])[:n]
 
 
 def _traced(*trees) -> bool:
@@ -197,7 +204,7 @@ def _images_per_batch(forward, inputs, points, images, budget):
           defaults={"steps": 50}, aliases=("ig",))
 def integrated_gradients(forward, inputs, target, *, baselines=None, steps: int = 50,
                          rule: str | None = None, batch_size: int | None = None, key=None,
-                         budget: int = batching.DEFAULT_BUDGET,
+                         budget: int | None = None,
                          images_per_batch: int | None = None, method: str | None = None):
   """Integrated gradients along the straight path from ``baselines`` to ``inputs``.
 
@@ -222,7 +229,8 @@ def integrated_gradients(forward, inputs, target, *, baselines=None, steps: int 
       (:func:`jaxplain.batching.auto_batch_size`); pass an int to override. Static.
     key: a ``jax.random`` key for ``baselines="uniform"``.
     budget: activation bytes one chunk may hold when ``batch_size`` or ``images_per_batch``
-      is ``None`` (:data:`jaxplain.batching.DEFAULT_BUDGET`, 512 MiB).
+      is ``None`` (default ``None``: :func:`jaxplain.batching.default_budget`, 512 MiB on a
+      CPU, up to 4 GiB on an accelerator).
     images_per_batch: with concrete arguments, images run through each chunk of path points at
       a time (``None``: as many as fit ``budget`` beside ``batch_size`` points; an int
       overrides). Under ``jit``/``vmap`` every chunk covers all N images.
@@ -585,7 +593,7 @@ def integrated_gradients_adaptive(forward, inputs, target, *, tol: float = 0.01,
                                   max_steps: int = 512, baselines=None,
                                   batch_size: int | None = None, key=None, atol: float = 0.0,
                                   pixel_tol: float | None = PIXEL_TOL, min_steps: int = 9,
-                                  budget: int = batching.DEFAULT_BUDGET,
+                                  budget: int | None = None,
                                   images_per_batch: int | None = None, growth: float = 0.1,
                                   host: bool = True, method: str | None = None):
   """Integrated gradients to a completeness tolerance, refining each path where it is wrong.
@@ -633,10 +641,12 @@ def integrated_gradients_adaptive(forward, inputs, target, *, tol: float = 0.01,
       max|attributions| at tol 1e-3). May be traced.
     batch_size: path points evaluated at once (over all images). ``None`` (default): as many as
       fit ``budget`` bytes of activations (:func:`jaxplain.batching.auto_batch_size`), at most
-      :data:`MAX_CHUNK` (16); pass an int to override. Static.
+      :data:`MAX_CHUNK` (16) on a CPU and :data:`MAX_CHUNK_ACCELERATOR` (512) on a GPU or TPU;
+      pass an int to override. Static.
     min_steps: evenly spaced points of the first round, the ends included (>= 2). Static.
     budget: bytes the defaults may hold: the evaluation chunk's activations, and the stored
-      gradients (``max_steps`` per image) of the images refined together.
+      gradients (``max_steps`` per image) of the images refined together (default ``None``:
+      :func:`jaxplain.batching.default_budget`).
     images_per_batch: images refined together (each keeps ``max_steps`` gradients). ``None``
       (default): as many as fit ``budget``. Static.
     growth: the largest share of an image's intervals split in one round. Static.
@@ -673,8 +683,9 @@ def integrated_gradients_adaptive(forward, inputs, target, *, tol: float = 0.01,
   if batch_size is None or images_per_batch is None:
     per_image = _bytes_per_image(forward, inputs.shape[1:], inputs.dtype)
     if batch_size is None:
-      batch_size = min(MAX_CHUNK, batching.auto_batch_size(per_image, n * int(max_steps),
-                                                           budget=budget))
+      most = MAX_CHUNK if jax.local_devices()[0].platform == "cpu" else MAX_CHUNK_ACCELERATOR
+      batch_size = min(most, batching.auto_batch_size(per_image, n * int(max_steps),
+                                                      budget=budget))
     if images_per_batch is None:
       stored = int(max_steps) * math.prod(inputs.shape[1:]) * inputs.dtype.itemsize
       images_per_batch = batching.auto_batch_size(stored, n, budget=budget)

@@ -187,7 +187,7 @@ def auto_steps(fn, inputs, steps: int, batch_size: int | None, *args,
   (a model's forward, or an attribution method) on the whole batch.
 
   ``batch_size`` given: that many (at most ``steps``). ``None``: as many as fit
-  :data:`jaxplain.batching.DEFAULT_BUDGET` bytes of ``fn``'s activations on ``inputs`` (read off
+  :func:`jaxplain.batching.default_budget` bytes of ``fn``'s activations on ``inputs`` (read off
   its jaxpr; ``args`` are traced too, so array options stay abstract): all of them when ``fn``
   is differentiated (:func:`jaxplain.batching.activation_bytes`), its live set when it is only
   evaluated (``forward_only``, :func:`jaxplain.batching.forward_bytes`).
@@ -197,7 +197,7 @@ def auto_steps(fn, inputs, steps: int, batch_size: int | None, *args,
   x = jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
   measure = batching.forward_bytes if forward_only else batching.activation_bytes
   fit = batching.auto_batch_size(measure(lambda v, *a: fn(v, *a), x, *args), steps)
-  if not forward_only:
+  if not forward_only or jax.local_devices()[0].platform != "cpu":
     return fit
   # Forward passes of about FAST_ROWS images run fastest on a CPU (cache-sized activations:
   # NetworkV2 0.9 ms a face at 16, 1.9 ms at 128), in at most MAX_UNROLLED_CHUNKS chunks.

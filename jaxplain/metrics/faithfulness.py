@@ -95,7 +95,7 @@ def pixel_flipping(forward, inputs, target, attributions, *, key=None, features_
       original image's mean.
     softmax: score the softmax probability (Quantus's default) rather than the raw output.
     batch_size: perturbation steps evaluated per model call (each call sees N × batch_size
-      images); ``None`` fits :data:`jaxplain.batching.DEFAULT_BUDGET`.
+      images); ``None`` fits :func:`jaxplain.batching.default_budget`.
 
   Returns:
     :class:`Curve`: ``curve (N, ceil(D / features_in_step))`` and its ``auc (N,)`` (Quantus's
