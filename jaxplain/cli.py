@@ -150,7 +150,13 @@ def cmd_report(args) -> int:
       methods=tuple(args.methods) if args.methods else report.ReportConfig.methods)
   report.check(cfg, args.out, overwrite=args.overwrite)
   clf = _checkpoint(args)
-  faces = commands.load_faces(images=args.images)  # the photos, or the bundled faces
+  if args.images:
+    faces = commands.load_faces(images=args.images)
+  else:  # the figures' faces; --data feeds the measurements over many faces
+    from jaxplain import data
+    faces = data.sample_faces()
+    log.info("figures: the 35 bundled sample faces (5 per class)"
+             + (f"; measurements: {args.data}" if args.data else ""))
   measure = _faces(args, "PublicTest")() if args.data else None
   page = report.report(clf, faces, args.out, config=cfg, measure=measure,
                        checkpoint_name=args.checkpoint or "the shipped FER2013 CNN",
