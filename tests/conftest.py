@@ -1,11 +1,15 @@
 import ctypes
 import gc
+import os
 
 import jax
 import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# The CLI keeps compiled programs in ~/.cache/jaxplain/xla; tests run without it (hermetic), and
+# tests/test_cli.py checks it on a folder of its own.
+os.environ.setdefault("JAXPLAIN_COMPILATION_CACHE", "off")
 
 try:  # torchvision (and grad-cam, zennit, quantus) must import even without its C ops
   import torch  # noqa: F401

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -24,9 +25,9 @@ def ckpt(tmp_path_factory, tiny_classifier):
   return jaxplain.save_classifier(tiny_classifier, tmp_path_factory.mktemp("cli") / "ckpt")
 
 
-def run(*args, timeout=600):
+def run(*args, timeout=600, **env_vars):
   """``python -m jaxplain.cli ARGS`` in a subprocess: (exit code, stdout, stderr)."""
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **env_vars)
   p = subprocess.run([sys.executable, "-m", "jaxplain.cli", *map(str, args)], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=timeout)
   return p.returncode, p.stdout, p.stderr
@@ -197,3 +198,32 @@ def test_ctrl_c_during_report_is_one_line_and_leaves_nothing(ckpt, tmp_path):
   problems = [line for line in err.splitlines() if "error" in line or "interrupted" in line]
   assert len(problems) == 1 and "interrupted" in problems[0], err
   assert not list(tmp_path.iterdir())  # neither the report nor its temporary folder
+
+
+@pytest.mark.parametrize("setting", ["folder", "off"])
+def test_compilation_cache_setting(tmp_path, monkeypatch, setting):
+  from jaxplain import cli
+  before = jax.config.jax_compilation_cache_dir
+  monkeypatch.setenv("JAXPLAIN_COMPILATION_CACHE",
+                     str(tmp_path / "xla") if setting == "folder" else "off")
+  try:
+    cli._use_compilation_cache()
+    want = str(tmp_path / "xla") if setting == "folder" else before
+    assert jax.config.jax_compilation_cache_dir == want
+    assert (tmp_path / "xla").is_dir() == (setting == "folder")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+
+
+@pytest.mark.slow
+def test_second_run_reuses_the_compilation_cache(tmp_path, ckpt):
+  cache = tmp_path / "xla"
+  args = ("explain", "--checkpoint", ckpt, "--method", "integrated_gradients", "--steps", "64",
+          "--per-class", "1")
+  code, _, err = run(*args, "--out", tmp_path / "a", JAXPLAIN_COMPILATION_CACHE=str(cache))
+  assert code == 0, err
+  stored = sorted(p.name for p in cache.iterdir())
+  assert stored, "nothing was cached"
+  code, _, err = run(*args, "--out", tmp_path / "b", JAXPLAIN_COMPILATION_CACHE=str(cache))
+  assert code == 0, err
+  assert sorted(p.name for p in cache.iterdir()) == stored  # every program came from the cache
