@@ -397,6 +397,15 @@ def section_trust(clf, shown, out, cfg, key, log) -> dict:
                                         methods=methods, metrics=metrics, key=key,
                                         lime_samples=min(cfg.lime_samples, 300))
   log(f"  {time.time() - t0:.1f}s")
+  from jaxplain.metrics import figures as metric_figures
+  x, t = data_lib.to_float(images), np.asarray(targets)
+  curves = metrics_eval.deletion_curves(clf, x, t, methods=methods, key=jax.random.fold_in(key, 1),
+                                        lime_samples=min(cfg.lime_samples, 300))
+  viz.save(metric_figures.deletion_figure(curves, title=f"Deletion and insertion, mean over "
+                                          f"{len(t)} faces"), out / "deletion_insertion.png")
+  check = metrics_eval.sanity_check(clf, x, t, method="saliency", key=jax.random.fold_in(key, 2))
+  viz.save(metric_figures.sanity_figure(check), out / "sanity_check.png")
+  log(f"  with the curve and sanity-check figures: {time.time() - t0:.1f}s")
   mean, std = table.mean(), table.std()
   head = [metrics_eval.METRICS[k].label + {True: " ↑", False: " ↓", None: ""}[
       metrics_eval.METRICS[k].higher_is_better] for k in metrics]
@@ -411,7 +420,14 @@ def section_trust(clf, shown, out, cfg, key, log) -> dict:
                   "correlation left after randomising the model's weights (sanity check: "
                   "lower is better), random-logit similarity, sparseness, complexity and the "
                   "share in the eye band. ↑: higher is better, ↓: lower is better.",
-          "table": {"columns": ["method"] + head, "rows": rows}}
+          "table": {"columns": ["method"] + head, "rows": rows},
+          "figures": [("deletion_insertion.png",
+                       "Deletion and insertion curves of each method (mean over the faces; "
+                       "AUC in the legend)"),
+                      ("sanity_check.png",
+                       "Sanity check: saliency maps as the layers are randomised from the top; "
+                       "a faithful method's maps change (ρ: rank correlation with the "
+                       "original)")]}
 
 
 def _measured(clf, measure, out, cfg, key, log):

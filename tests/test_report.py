@@ -12,7 +12,7 @@ from jaxplain import cli, data, report
 SMALL = report.ReportConfig(
     method_options={"smoothgrad": {"samples": 3}, "integrated_gradients": {"steps": 8}},
     ig_tol=0.05, filters=4, filter_steps=16, lime_samples=40, lime_per_class=1, per_class=2,
-    measure_ig_steps=4)
+    measure_ig_steps=4, trust_metrics=True)
 
 
 def test_band_shares_analytic():
@@ -64,7 +64,7 @@ def test_report_writes_every_figure(small_report):
   sources = re.findall(r"<img src='([^']+)'", html)
   assert {"attributions.png", "integrated_gradients.png", "filters.png", "filter_outputs.png",
           "lime.png", "lime_package.png", "confusion_matrix.png", "class_mean_maps.png",
-          "band_shares.png"} <= set(sources)
+          "band_shares.png", "deletion_insertion.png", "sanity_check.png"} <= set(sources)
   titles = re.findall(r"<h2>(\d)\. ", html)
   assert titles == ["1", "2", "3", "4"]  # the questions in order
   settings = html[html.index("<h2>Settings</h2>"):]
@@ -72,6 +72,9 @@ def test_report_writes_every_figure(small_report):
   for src in sources:
     assert (small_report.parent / src).stat().st_size > 1000
   assert "completeness" in html.lower() and "Settings" in html
+  trust = html[html.index("Which explanation to trust?"):]
+  for method in ("saliency", "occlusion", "lime"):  # a row per method, with scores
+    assert re.search(rf"<td>{method}</td><td>-?\d\.\d{{3}} ± \d\.\d{{3}}</td>", trust), method
   assert not list(small_report.parent.parent.glob(".report.*"))  # no temporary left
 
 
