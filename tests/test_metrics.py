@@ -231,6 +231,15 @@ def test_errors_name_the_argument(small_faces, key):
     M.region_share(fwd, x, t, a, mask=np.ones((48, 48), bool))
 
 
+@pytest.mark.parametrize("name", [n for n in M.__all__ if callable(getattr(M, n))])
+def test_unknown_keyword_names_the_public_function(name):
+  """A misspelt option is reported against the function the user called, never a private
+  helper it shares with other metrics (max_sensitivity once named ``_relative_sensitivity``)."""
+  with pytest.raises(TypeError, match=rf"^{name}(\.__new__|\.__init__)?\(\) got an unexpected keyword "
+                                      r"argument 'bogus'"):
+    getattr(M, name)(bogus=1)
+
+
 # ---------------------------------------------------------------------------------------------
 # The evaluation table and the figures' data
 # ---------------------------------------------------------------------------------------------
