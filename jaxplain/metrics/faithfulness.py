@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain import batching
-from jaxplain.metrics._common import (Curve, auc, auto_steps, baseline_values, check_baseline,
-                                      check_features_in_step, check_metric_call, check_positive,
-                                      evaluate_copies, flat, need_key, pearson, predict_target,
-                                      preprocess, spearman)
+from jaxplain.metrics._common import (Curve, auc, auto_rows, auto_steps, baseline_values,
+                                      check_baseline, check_features_in_step, check_metric_call,
+                                      check_positive, evaluate_copies, flat, need_key, pearson,
+                                      predict_rows, predict_target, preprocess, spearman, traced)
 
 __all__ = ["faithfulness_correlation", "infidelity", "insertion", "monotonicity_correlation",
            "pixel_flipping", "region_perturbation", "road"]
@@ -241,15 +241,33 @@ def random_subsets(key, n: int, runs: int, features: int, size: int):
   return jax.lax.top_k(u, size)[1]
 
 
+def _faith_score(forward, inputs, target, attributions, indices, preds, *, softmax, abs,
+                 normalise):  # noqa: A002
+  """Pearson correlation of each subset's summed attribution with the output's drop."""
+  a = flat(preprocess(attributions, normalise=normalise, abs=abs))
+  y = predict_target(forward, inputs, target, softmax)
+  sums = jnp.take_along_axis(a[:, None, :], indices, axis=2).sum(-1)  # (N, R)
+  return pearson(sums, y[:, None] - preds)
+
+
+_faith_finish = jax.jit(_faith_score, static_argnames=("softmax", "abs", "normalise"))
+
+
+def _subset_removed(inputs, row):
+  """One perturbed copy: image ``i`` with the features ``idx`` set to ``value``."""
+  i, idx, value = row
+  return inputs[i].reshape(-1).at[idx].set(value).reshape(inputs.shape[1:])
+
+
 @functools.partial(jax.jit, static_argnames=("perturb_baseline", "softmax", "abs", "normalise",
                                              "batch_size"))
 def _faith_corr(forward, inputs, target, attributions, indices, key, *, perturb_baseline, softmax,
                 abs, normalise, batch_size):  # noqa: A002
+  """The whole metric in one program (under a trace: jit, vmap); chunks of copies of all N
+  images (:func:`evaluate_copies`)."""
   n = inputs.shape[0]
-  a = flat(preprocess(attributions, normalise=normalise, abs=abs))
   runs = indices.shape[1]
   fill = baseline_values(inputs, perturb_baseline, key, (runs,))  # (N, R)
-  y = predict_target(forward, inputs, target, softmax)
   rows = jnp.arange(n)[:, None]
 
   def make(step):
@@ -259,9 +277,8 @@ def _faith_corr(forward, inputs, target, attributions, indices, key, *, perturb_
 
   preds = evaluate_copies(forward, make, (indices.transpose(1, 0, 2), fill.T), target,
                           softmax=softmax, batch_size=batch_size)
-  deltas = y[:, None] - preds
-  sums = jnp.take_along_axis(a[:, None, :], indices, axis=2).sum(-1)  # (N, R)
-  return pearson(sums, deltas)
+  return _faith_score(forward, inputs, target, attributions, indices, preds, softmax=softmax,
+                      abs=abs, normalise=normalise)
 
 
 def faithfulness_correlation(forward, inputs, target, attributions, *, key=None,
@@ -285,7 +302,8 @@ def faithfulness_correlation(forward, inputs, target, attributions, *, key=None,
     softmax: Quantus's default here is the raw output (False).
     indices: ``(N, nr_runs, subset_size)`` int feature indices (into the flattened ``(H, W,
       C)`` image) to use instead of drawing them: the same draws as another run.
-    batch_size: subsets evaluated per model call.
+    batch_size: subsets of each image evaluated per model call (``batch_size · N`` copies);
+      ``None``: what fits the memory budget, on a CPU about ``FAST_ROWS`` copies a call.
 
   Returns:
     ``(N,)`` correlations in [-1, 1] (NaN where either side is constant).
@@ -312,11 +330,24 @@ def faithfulness_correlation(forward, inputs, target, attributions, *, key=None,
       raise ValueError(f"`indices` must be int (N, nr_runs, subset_size) with N = {n}, got "
                        f"{indices.dtype} {tuple(indices.shape)}")
     key = need_key(key, perturb_baseline, "faithfulness_correlation")
-  return _faith_corr(forward, inputs, target, attributions, indices.astype(jnp.int32), key,
-                     perturb_baseline=perturb_baseline, softmax=bool(softmax), abs=bool(abs),
-                     normalise=bool(normalise),
-                     batch_size=auto_steps(forward, inputs, indices.shape[1], batch_size,
-                                           forward_only=True))
+  indices = indices.astype(jnp.int32)
+  options = dict(softmax=bool(softmax), abs=bool(abs), normalise=bool(normalise))
+  if traced(forward, inputs, target, attributions, indices, key):
+    return _faith_corr(forward, inputs, target, attributions, indices, key,
+                       perturb_baseline=perturb_baseline, **options,
+                       batch_size=auto_steps(forward, inputs, indices.shape[1], batch_size,
+                                             forward_only=True))
+  # Concrete arrays: a host loop over cache-sized chunks of the N × nr_runs copies, one
+  # compiled forward (compiles in seconds; the one-program path writes out up to 64 chunks).
+  runs = indices.shape[1]
+  fill = baseline_values(inputs, perturb_baseline, key, (runs,))  # (N, R)
+  image = np.repeat(np.arange(n, dtype=np.int32), runs)
+  preds = predict_rows(forward, inputs, target, _subset_removed,
+                       (image, indices.reshape(n * runs, -1), fill.reshape(-1)),
+                       softmax=options["softmax"],
+                       size=auto_rows(forward, inputs, n * runs, batch_size))
+  return _faith_finish(forward, inputs, target, attributions, indices,
+                       jnp.asarray(preds.reshape(n, runs)), **options)
 
 
 # ---------------------------------------------------------------------------------------------
