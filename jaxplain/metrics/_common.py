@@ -241,18 +241,19 @@ def traced(*trees) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("make_row", "softmax"))
-def _predict_chunk(forward, inputs, target, rows, *, make_row, softmax):
-  x = jax.vmap(make_row, in_axes=(None, 0))(inputs, rows)
+def _predict_chunk(forward, source, target, rows, *, make_row, softmax):
+  x = jax.vmap(make_row, in_axes=(None, 0))(source, rows)
   return predict_target(forward, x, target[rows[0]], softmax)
 
 
-def predict_rows(forward, inputs, target, make_row: Callable, rows, *, softmax: bool,
+def predict_rows(forward, source, target, make_row: Callable, rows, *, softmax: bool,
                  size: int):
   """``predict_target`` of every perturbed copy, from a host loop over fixed-size chunks.
 
   ``rows`` is a tuple of arrays with a leading axis M, the first the copy's image index;
-  ``make_row(inputs, row)`` builds one ``(H, W, C)`` copy (a module-level function: it is part
-  of the compiled chunk's identity). ``size`` rows run per call of one compiled function
+  ``make_row(source, row)`` builds one ``(H, W, C)`` copy from the pytree ``source`` (the
+  inputs and what the metric prepared from them) and one row (a module-level function: it is
+  part of the compiled chunk's identity). ``size`` rows run per call of one compiled function
   (:func:`jaxplain.batching.map_chunks`, the last chunk padded), so chunks stay cache-sized
   whatever M, and the model compiles once, where :func:`evaluate_copies` writes every chunk out
   in one program. Needs concrete arrays (callers under a trace use :func:`evaluate_copies`).
@@ -262,7 +263,7 @@ def predict_rows(forward, inputs, target, make_row: Callable, rows, *, softmax: 
   """
 
   def call(*chunk):
-    return _predict_chunk(forward, inputs, target, chunk, make_row=make_row, softmax=softmax)
+    return _predict_chunk(forward, source, target, chunk, make_row=make_row, softmax=softmax)
 
   return batching.map_chunks(call, rows, size=size)
 

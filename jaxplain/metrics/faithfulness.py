@@ -35,10 +35,10 @@ __all__ = ["faithfulness_correlation", "infidelity", "insertion", "monotonicity_
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("features_in_step", "perturb_baseline", "softmax",
-                                             "abs", "normalise", "batch_size", "insert"))
-def _flip(forward, inputs, target, attributions, key, *, features_in_step, perturb_baseline,
-          softmax, abs, normalise, batch_size, insert):  # noqa: A002
+def _flip_plan(inputs, attributions, key, *, features_in_step, perturb_baseline, abs,
+               normalise):  # noqa: A002
+  """``(step_of, fill)``, both ``(N, H, W, C)``: the step at which each feature is removed and
+  the value it takes then."""
   a = flat(preprocess(attributions, normalise=normalise, abs=abs))
   d = a.shape[1]
   steps = math.ceil(d / features_in_step)
@@ -46,15 +46,40 @@ def _flip(forward, inputs, target, attributions, key, *, features_in_step, pertu
   step_of = (jnp.argsort(order, axis=1) // features_in_step).reshape(inputs.shape)
   fill = baseline_values(inputs, perturb_baseline, key, (steps,))  # (N, S): a value per step
   fill = jnp.take_along_axis(fill, step_of.reshape(len(a), -1), axis=1).reshape(inputs.shape)
+  return step_of, fill
 
-  def make(k):
-    hidden = step_of <= k
-    if insert:  # the first k + 1 steps' features revealed, the rest hidden
-      return jnp.where(hidden, inputs, fill)
-    return jnp.where(hidden, fill, inputs)
 
-  curve = evaluate_copies(forward, make, jnp.arange(steps), target, softmax=softmax,
-                          batch_size=batch_size)
+_flip_plan_jit = jax.jit(_flip_plan, static_argnames=("features_in_step", "perturb_baseline",
+                                                      "abs", "normalise"))
+
+
+def _flipped(inputs, step_of, fill, k, insert):
+  hidden = step_of <= k
+  if insert:  # the first k + 1 steps' features revealed, the rest hidden
+    return jnp.where(hidden, inputs, fill)
+  return jnp.where(hidden, fill, inputs)
+
+
+def _deleted_row(source, row):
+  (inputs, step_of, fill), (i, k) = source, row
+  return _flipped(inputs[i], step_of[i], fill[i], k, insert=False)
+
+
+def _inserted_row(source, row):
+  (inputs, step_of, fill), (i, k) = source, row
+  return _flipped(inputs[i], step_of[i], fill[i], k, insert=True)
+
+
+@functools.partial(jax.jit, static_argnames=("features_in_step", "perturb_baseline", "softmax",
+                                             "abs", "normalise", "batch_size", "insert"))
+def _flip(forward, inputs, target, attributions, key, *, features_in_step, perturb_baseline,
+          softmax, abs, normalise, batch_size, insert):  # noqa: A002
+  """The whole metric in one program (under a trace: jit, vmap)."""
+  step_of, fill = _flip_plan(inputs, attributions, key, features_in_step=features_in_step,
+                             perturb_baseline=perturb_baseline, abs=abs, normalise=normalise)
+  steps = math.ceil(step_of[0].size / features_in_step)
+  curve = evaluate_copies(forward, lambda k: _flipped(inputs, step_of, fill, k, insert),
+                          jnp.arange(steps), target, softmax=softmax, batch_size=batch_size)
   return Curve(auc(curve), curve)
 
 
@@ -65,10 +90,23 @@ def _flipping(name, forward, inputs, target, attributions, key, *, features_in_s
   perturb_baseline = check_baseline(perturb_baseline)
   key = need_key(key, perturb_baseline, name)
   steps = math.ceil(d / f)
-  return _flip(forward, inputs, target, attributions, key, features_in_step=f,
-               perturb_baseline=perturb_baseline, softmax=bool(softmax), abs=bool(abs),
-               normalise=bool(normalise), insert=insert,
-               batch_size=auto_steps(forward, inputs, steps, batch_size, forward_only=True))
+  options = dict(features_in_step=f, perturb_baseline=perturb_baseline, abs=bool(abs),
+                 normalise=bool(normalise))
+  if traced(forward, inputs, target, attributions, key):
+    return _flip(forward, inputs, target, attributions, key, **options, softmax=bool(softmax),
+                 insert=insert,
+                 batch_size=auto_steps(forward, inputs, steps, batch_size, forward_only=True))
+  # Concrete arrays: cache-sized chunks of the N × steps copies from a host loop (see
+  # faithfulness_correlation).
+  n = inputs.shape[0]
+  step_of, fill = _flip_plan_jit(inputs, attributions, key, **options)
+  rows = (np.repeat(np.arange(n, dtype=np.int32), steps),
+          np.tile(np.arange(steps, dtype=np.int32), n))
+  curve = predict_rows(forward, (inputs, step_of, fill), target,
+                       _inserted_row if insert else _deleted_row, rows, softmax=bool(softmax),
+                       size=auto_rows(forward, inputs, n * steps, batch_size))
+  curve = jnp.asarray(curve.reshape(n, steps))
+  return Curve(auc(curve), curve)
 
 
 def pixel_flipping(forward, inputs, target, attributions, *, key=None, features_in_step: int = 1,
