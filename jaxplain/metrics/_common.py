@@ -202,19 +202,15 @@ def auto_steps(fn, inputs, steps: int, batch_size: int | None, *args,
   """
   if batch_size is not None:
     return int(min(check_positive(batch_size, "batch_size"), steps))
-  fit = _fit_steps(fn, inputs, steps, *args, forward_only=forward_only)
+  x = jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
+  measure = batching.forward_bytes if forward_only else batching.activation_bytes
+  fit = batching.auto_batch_size(measure(lambda v, *a: fn(v, *a), x, *args), steps)
   if not forward_only:
     return fit
   # About PROGRAM_ROWS images a forward pass, in at most MAX_UNROLLED_CHUNKS chunks.
   fast = max(1, PROGRAM_ROWS // inputs.shape[0])
   fewest = -(-steps // batching.MAX_UNROLLED_CHUNKS)
   return min(fit, max(fast, fewest))
-
-
-def _fit_steps(fn, inputs, steps, *args, forward_only):
-  x = jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
-  measure = batching.forward_bytes if forward_only else batching.activation_bytes
-  return batching.auto_batch_size(measure(lambda v, *a: fn(v, *a), x, *args), steps)
 
 
 def auto_rows(forward, inputs, rows: int, batch_size: int | None) -> int:
@@ -229,8 +225,9 @@ def auto_rows(forward, inputs, rows: int, batch_size: int | None) -> int:
   n = inputs.shape[0]
   if batch_size is not None:
     return int(min(check_positive(batch_size, "batch_size") * n, rows))
-  fit = _fit_steps(forward, inputs, -(-rows // n), forward_only=True) * n
-  if jax.default_backend() == "cpu":
+  x = jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
+  fit = batching.auto_batch_size(batching.forward_bytes(forward, x), -(-rows // n)) * n
+  if jax.local_devices()[0].platform == "cpu":
     fit = min(fit, FAST_ROWS)
   return int(max(1, min(fit, rows)))
 
