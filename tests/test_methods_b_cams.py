@@ -8,7 +8,9 @@ Two comparisons per method:
   ``get_cam_image`` on the same activations and gradients: float64 within 1e-6 relative
   (Score-CAM and Ablation-CAM: the reference rounds its scores to float32, so 1e-5);
 * the finished map (ReLU, [0, 1] scaling, ``cv2.resize``) against the reference's ``__call__``,
-  which always returns float32: within 1e-4 in float32.
+  which always returns float32: within 1e-4 in float32 (Ablation-CAM in float64: on the faces
+  whose scores survive the reference's float32 rounding; the others are checked against the
+  paper's formula evaluated with the PyTorch network in float64).
 """
 
 from __future__ import annotations
@@ -115,5 +117,66 @@ def test_cam_matches_grad_cam_package(pair, face_batch, method):
   assert err <= tol, f"raw map relative error {err:.3g}"
   if method == "eigen_cam" and not np.all(flip > 0):
     pytest.skip("LAPACK builds chose different SVD signs; the finished maps differ by design")
-  err = tac.rel_err(np.asarray(ours)[..., 0], ref_out)
+  keep = np.ones(len(t), bool)
+  if method == "ablation_cam" and pair.dtype == "float64":
+    # The reference rounds its scores to float32: where the target's output is within float32
+    # rounding of 1 it sees no drop at all and returns an empty map, while float64 resolves the
+    # drops (test_ablation_cam_float64_resolves_drops_the_reference_rounds_away).
+    keep = _float32_resolves(pair, xt, t)
+    assert keep.any()
+  err = tac.rel_err(np.asarray(ours)[keep, ..., 0], ref_out[keep])
   assert err <= 1e-4, f"finished map relative error {err:.3g}"
+
+
+def _target_scores(model, xt, t):
+  with torch.no_grad():
+    out = model(xt)
+  return out[torch.arange(len(t)), torch.as_tensor(np.asarray(t), dtype=torch.long)].numpy()
+
+
+def _float32_resolves(pair, xt, t):
+  """Images whose target output float32 can tell from 1 (NetworkV2 ends in a sigmoid)."""
+  return np.float32(_target_scores(pair.torch, xt, t)) != np.float32(1)
+
+
+@pytest.mark.slow
+def test_ablation_cam_float64_resolves_drops_the_reference_rounds_away(face_batch):
+  """Ablation-CAM's weights ``(y − y_k) / y`` (Desai and Ramaswamy, eq. 2) in float64.
+
+  pytorch-grad-cam casts the scores to float32 (``np.float32``) before taking the drop; on a
+  face that NetworkV2 scores 1 − 3e-11 every ablated score rounds to the original, every weight
+  is 0 and its map is empty. jaxplain keeps the input's dtype: its raw map equals the paper's
+  formula evaluated here with the PyTorch network in float64 (each channel of ``conv_4.3`` set
+  to 0 by a forward hook, one copy of the face per channel).
+  """
+  with jax.enable_x64(True):
+    pair = tac.network_v2_pair("float64")
+    x, t, xt, _ = tac.inputs_for(pair, face_batch)
+    layer, module = _layer(pair)
+    raw = np.asarray(A.ablation_cam(pair.clf, x, t, layer=layer, relu=False, normalize=False,
+                                    interpolate_mode="nearest"))
+  saturated = np.flatnonzero(~_float32_resolves(pair, xt, t))
+  assert saturated.size, "the batch no longer holds a face scored within float32 of 1"
+  i = int(saturated[0])
+  _, ref_raw = _reference("ablation_cam", pair, module, xt[i:i + 1], t[i:i + 1])
+  assert np.all(ref_raw == 0)  # the reference's float32 rounding: no drop, no map
+
+  acts = {}
+  handle = module.register_forward_hook(lambda m, inp, out: acts.setdefault("a", out))
+  y = _target_scores(pair.torch, xt[i:i + 1], t[i:i + 1])[0]
+  handle.remove()
+  a = acts["a"][0]  # (C, h, w)
+  c = a.shape[0]
+  assert float(a.min()) == 0  # a ReLU: the paper's ablation (0) and the package's agree
+  keep = 1 - torch.eye(c, dtype=a.dtype)[:, :, None, None]  # copy k has channel k zeroed
+  handle = module.register_forward_hook(lambda m, inp, out: out * keep)
+  try:
+    yk = _target_scores(pair.torch, xt[i:i + 1].repeat(c, 1, 1, 1), np.full(c, t[i]))
+  finally:
+    handle.remove()
+  weights = (y - yk) / y
+  assert np.abs(weights).max() > 0  # float64 sees the drops
+  paper = np.einsum("c,chw->hw", weights, a.numpy())
+  ours = _nearest_sources(raw, *paper.shape)[i]
+  err = tac.rel_err(ours, paper)
+  assert err <= 1e-6, f"raw map relative error {err:.3g}"

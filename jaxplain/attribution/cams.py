@@ -21,7 +21,13 @@ Channel weights ``w_c`` (the map is ``Σ_c w_c A_c``) or maps:
 * Ablation-CAM: ``w_c = (f_t(x) − f_t(x; A_c ablated)) / f_t(x)``, the channel set to 0 (or, when
   the image's activations have a nonzero minimum, to ``min − 1e7``, as pytorch-grad-cam does); one
   evaluation of the layers above ``layer`` per (image, channel), chunked, the layers below once
-  per image (pytorch-grad-cam runs the whole network per channel).
+  per image (pytorch-grad-cam runs the whole network per channel). Two differences from
+  pytorch-grad-cam, where it departs from the paper: the scores keep the input's dtype (it
+  rounds them to float32, so under float64 a face whose target output lies within float32
+  rounding of its ablated outputs, e.g. a sigmoid output of 1 − 3e-11, gets real weights here
+  and an empty map there); and with a nonzero minimum every channel is set to ``min − 1e7``
+  (its ``AblationLayer`` re-reads the minimum of a batch it has already ablated, so the k-th
+  channel of each ablation batch gets ``min − k·1e7`` and its maps depend on ``batch_size``).
 * Eigen-CAM: the projection of the centred activations ``(h·w, C)`` on their first right singular
   vector (no gradients, no target). The SVD's sign is arbitrary; ``sign="svd"`` keeps LAPACK's
   (pytorch-grad-cam's behaviour), ``sign="positive"`` (default) flips each map so that it

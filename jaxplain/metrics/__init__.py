@@ -6,7 +6,7 @@ Every metric is a pure function over a batch with the shared signature
 ``metric(method, classifier, inputs, target, *, key, ...)``. Each reproduces the Quantus 0.6
 metric of the same name (its option names and defaults; its docstring says where it differs),
 ``infidelity`` and ``sensitivity_max`` reproduce Captum's. Perturbed copies are evaluated in
-fixed-size chunks inside one jit-compiled function.
+fixed-size chunks of jit-compiled model calls (see :mod:`~jaxplain.metrics.faithfulness`).
 
 Families: :mod:`~jaxplain.metrics.faithfulness`, :mod:`~jaxplain.metrics.robustness`,
 :mod:`~jaxplain.metrics.randomisation`, :mod:`~jaxplain.metrics.complexity_family`,

@@ -4,6 +4,7 @@ functions (Pearson, Spearman, SSIM) written in JAX."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -177,8 +178,15 @@ def predict_target(forward, x, target, softmax: bool):
   return select(out, target)
 
 
-# Images per forward pass that forward-only metrics aim for (see auto_steps).
-FAST_ROWS = 64
+# Images per forward pass that run fastest on a CPU (cache-sized activations): what
+# forward-only metrics aim for when a host loop runs their chunks (auto_rows). Measured with the
+# converted NetworkV2 on the 2-core EPYC: 1.05-1.2 ms a face from 16 to 50 rows,
+# 1.6 ms from 52 rows up (likely where two layers' activations outgrow the 32 MiB L3).
+FAST_ROWS = 32
+# Images per forward pass that chunks written out in one program aim for (auto_steps, under a
+# trace): more than FAST_ROWS, since every chunk is compiled separately (NetworkV2: 50 chunks of
+# 64 faces compile in about 12 s).
+PROGRAM_ROWS = 64
 
 
 def auto_steps(fn, inputs, steps: int, batch_size: int | None, *args,
@@ -199,11 +207,62 @@ def auto_steps(fn, inputs, steps: int, batch_size: int | None, *args,
   fit = batching.auto_batch_size(measure(lambda v, *a: fn(v, *a), x, *args), steps)
   if not forward_only or jax.local_devices()[0].platform != "cpu":
     return fit
-  # Forward passes of about FAST_ROWS images run fastest on a CPU (cache-sized activations:
-  # NetworkV2 0.9 ms a face at 16, 1.9 ms at 128), in at most MAX_UNROLLED_CHUNKS chunks.
-  fast = max(1, FAST_ROWS // inputs.shape[0])
+  # About PROGRAM_ROWS images a forward pass, in at most MAX_UNROLLED_CHUNKS chunks.
+  fast = max(1, PROGRAM_ROWS // inputs.shape[0])
   fewest = -(-steps // batching.MAX_UNROLLED_CHUNKS)
   return min(fit, max(fast, fewest))
+
+
+def auto_rows(forward, inputs, rows: int, batch_size: int | None) -> int:
+  """Rows per model call for :func:`predict_rows`: ``rows`` perturbed copies in all, spread
+  over the ``N`` images of ``inputs``.
+
+  ``batch_size`` given: that many copies of every image (``batch_size · N`` rows, as
+  :func:`auto_steps` counts). ``None``: what fits the memory budget, and on a CPU at most
+  :data:`FAST_ROWS` (a host loop has no limit on the number of chunks, so chunks can be as
+  small as runs fastest).
+  """
+  n = inputs.shape[0]
+  if batch_size is not None:
+    return int(min(check_positive(batch_size, "batch_size") * n, rows))
+  x = jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
+  fit = batching.auto_batch_size(batching.forward_bytes(forward, x), -(-rows // n)) * n
+  if jax.local_devices()[0].platform == "cpu":
+    fit = min(fit, FAST_ROWS)
+  return int(max(1, min(fit, rows)))
+
+
+def traced(*trees) -> bool:
+  """Whether any leaf of ``trees`` is a tracer (the call runs under jit, vmap or grad)."""
+  return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
+
+
+@functools.partial(jax.jit, static_argnames=("make_row", "softmax"))
+def _predict_chunk(forward, source, target, rows, *, make_row, softmax):
+  x = jax.vmap(make_row, in_axes=(None, 0))(source, rows)
+  return predict_target(forward, x, target[rows[0]], softmax)
+
+
+def predict_rows(forward, source, target, make_row: Callable, rows, *, softmax: bool,
+                 size: int):
+  """``predict_target`` of every perturbed copy, from a host loop over fixed-size chunks.
+
+  ``rows`` is a tuple of arrays with a leading axis M, the first the copy's image index;
+  ``make_row(source, row)`` builds one ``(H, W, C)`` copy from the pytree ``source`` (the
+  inputs and what the metric prepared from them) and one row (a module-level function: it is
+  part of the compiled chunk's identity). ``size`` rows run per call of one compiled function
+  (:func:`jaxplain.batching.map_chunks`, the last chunk padded), so chunks stay cache-sized
+  whatever M, and the model compiles once, where :func:`evaluate_copies` writes every chunk out
+  in one program. Needs concrete arrays (callers under a trace use :func:`evaluate_copies`).
+
+  Returns:
+    ``(M,)`` NumPy scores.
+  """
+
+  def call(*chunk):
+    return _predict_chunk(forward, source, target, chunk, make_row=make_row, softmax=softmax)
+
+  return batching.map_chunks(call, rows, size=size)
 
 
 def split_options(options) -> tuple[tuple, dict]:

@@ -10,7 +10,6 @@ layer methods such as Grad-CAM).
 from __future__ import annotations
 
 import functools
-import inspect
 
 import jax
 import jax.numpy as jnp
@@ -85,28 +84,12 @@ def _uniform(lower_bound, upper_bound):
   return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, lo, hi)
 
 
-def _relative_sensitivity(reduce, name, forward, inputs, target, attributions=None, *, method,
-                          key=None, nr_samples: int = 200, lower_bound: float = 0.2,
-                          upper_bound: float | None = None, abs: bool = False,  # noqa: A002
-                          normalise: bool = False, method_options=None, noise=None,
-                          return_nan_when_prediction_changes: bool = False,
-                          batch_size: int | None = None):
-  return _run(name, forward, inputs, target, attributions, method=method, key=key,
-              nr_samples=nr_samples, draw=_uniform(lower_bound, upper_bound), kind="relative",
-              normalise=normalise, abs=abs, method_options=method_options, noise=noise,
-              nan_on_change=return_nan_when_prediction_changes, batch_size=batch_size,
-              reduce=reduce)
-
-
-def _public_signature(fn):
-  """``fn``'s signature shows ``_relative_sensitivity``'s options (without its first two)."""
-  sig = inspect.signature(_relative_sensitivity)
-  fn.__signature__ = sig.replace(parameters=list(sig.parameters.values())[2:])
-  return fn
-
-
-@_public_signature
-def max_sensitivity(forward, inputs, target, attributions=None, **options):
+def max_sensitivity(forward, inputs, target, attributions=None, *, method, key=None,
+                    nr_samples: int = 200, lower_bound: float = 0.2,
+                    upper_bound: float | None = None, abs: bool = False,  # noqa: A002
+                    normalise: bool = False, method_options=None, noise=None,
+                    return_nan_when_prediction_changes: bool = False,
+                    batch_size: int | None = None):
   """Max-sensitivity: the largest relative change of the explanation under uniform noise.
 
   Quantus ``MaxSensitivity``: ``nr_samples`` times, ``x + U(-lower_bound, lower_bound)`` (or
@@ -135,16 +118,26 @@ def max_sensitivity(forward, inputs, target, attributions=None, **options):
   References:
     Yeh et al., "On the (In)fidelity and Sensitivity of Explanations", NeurIPS 2019.
   """
-  return _relative_sensitivity("max", "max_sensitivity", forward, inputs, target, attributions,
-                               **options)
+  return _run("max_sensitivity", forward, inputs, target, attributions, method=method, key=key,
+              nr_samples=nr_samples, draw=_uniform(lower_bound, upper_bound), kind="relative",
+              normalise=normalise, abs=abs, method_options=method_options, noise=noise,
+              nan_on_change=return_nan_when_prediction_changes, batch_size=batch_size,
+              reduce="max")
 
 
-@_public_signature
-def avg_sensitivity(forward, inputs, target, attributions=None, **options):
+def avg_sensitivity(forward, inputs, target, attributions=None, *, method, key=None,
+                    nr_samples: int = 200, lower_bound: float = 0.2,
+                    upper_bound: float | None = None, abs: bool = False,  # noqa: A002
+                    normalise: bool = False, method_options=None, noise=None,
+                    return_nan_when_prediction_changes: bool = False,
+                    batch_size: int | None = None):
   """Avg-sensitivity: :func:`max_sensitivity` averaged over the samples instead of maximised
   (Quantus ``AvgSensitivity``). Lower is better. Arguments as :func:`max_sensitivity`."""
-  return _relative_sensitivity("mean", "avg_sensitivity", forward, inputs, target, attributions,
-                               **options)
+  return _run("avg_sensitivity", forward, inputs, target, attributions, method=method, key=key,
+              nr_samples=nr_samples, draw=_uniform(lower_bound, upper_bound), kind="relative",
+              normalise=normalise, abs=abs, method_options=method_options, noise=noise,
+              nan_on_change=return_nan_when_prediction_changes, batch_size=batch_size,
+              reduce="mean")
 
 
 def local_lipschitz_estimate(forward, inputs, target, attributions=None, *, method, key=None,
