@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = ["ACCELERATOR_BUDGET", "DEFAULT_BUDGET", "activation_bytes", "auto_batch_size", "check_batch_size",
            "chunked_map", "default_budget", "eval_shape", "forward_bytes", "map_chunks", "MAX_UNROLLED_CHUNKS",
-           "shape_memo"]
+           "shape_memo", "traced"]
 
 # Bytes of activations one chunk may hold by default on a CPU: a few hundred MB keeps the
 # README's examples far below a laptop's memory while chunks stay large enough to be fast.
@@ -146,6 +146,12 @@ def map_chunks(fn: Callable, arrays: Sequence, *, size: int,
     if progress is not None:
       progress(real)
   return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
+
+
+def traced(*trees) -> bool:
+  """Whether any leaf of ``trees`` is a tracer (the call runs under jit, vmap or grad): callers
+  then take their one-program path instead of a host loop of compiled chunks."""
+  return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
 
 
 def _leaf_key(leaf):

@@ -182,10 +182,6 @@ def _integrated_gradients_host(forward, inputs, target, baselines, *, steps, rul
   return (jnp.concatenate(out) if groups > 1 else out[0])[:n]
 
 
-def _traced(*trees) -> bool:
-  return any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(trees))
-
-
 def _points_per_batch(forward, inputs, steps, batch_size, budget):
   if batch_size is not None:
     return batch_size
@@ -246,7 +242,7 @@ def integrated_gradients(forward, inputs, target, *, baselines=None, steps: int 
   images_per_batch = batching.check_batch_size(images_per_batch, name="images_per_batch")
   b = make_baselines(inputs, baselines, key=key)
   chunk = min(_points_per_batch(forward, inputs, int(steps), batch_size, budget), int(steps))
-  if _traced(forward, inputs, target, b):
+  if batching.traced(forward, inputs, target, b):
     return _integrated_gradients(forward, inputs, target, b, steps=int(steps), rule=rule,
                                  batch_size=chunk)
   images = _images_per_batch(forward, inputs, chunk, images_per_batch, budget)
@@ -690,7 +686,7 @@ def integrated_gradients_adaptive(forward, inputs, target, *, tol: float = 0.01,
       stored = int(max_steps) * math.prod(inputs.shape[1:]) * inputs.dtype.itemsize
       images_per_batch = batching.auto_batch_size(stored, n, budget=budget)
   tols = tuple(jnp.asarray(v, inputs.dtype) for v in (tol, atol, pixel_tol))
-  run = _adaptive if _traced(forward, inputs, target, b, tols) or not host else _adaptive_host
+  run = _adaptive if batching.traced(forward, inputs, target, b, tols) or not host else _adaptive_host
   return run(forward, inputs, target, b, tols, max_steps=int(max_steps),
              min_steps=int(min_steps), chunk=int(batch_size), images=int(images_per_batch),
              growth=float(growth))

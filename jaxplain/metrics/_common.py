@@ -232,9 +232,7 @@ def auto_rows(forward, inputs, rows: int, batch_size: int | None) -> int:
   return int(max(1, min(fit, rows)))
 
 
-def traced(*trees) -> bool:
-  """Whether any leaf of ``trees`` is a tracer (the call runs under jit, vmap or grad)."""
-  return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
+traced = batching.traced
 
 
 @functools.partial(jax.jit, static_argnames=("make_row", "softmax"))
