@@ -9,7 +9,7 @@ regularisers of Lucid / Lucent (L2 decay, total variation, random jitter, period
 sigmoid- or clip-bounded pixel range, and the decorrelated Fourier parameterisation), and a
 jitter-free polish phase at the end that keeps the best iterate, so that the image returned
 maximises the filter itself rather than its average over shifts; units that are off get a
-straight-through gradient for the first steps, and saturated (box-vertex) candidates are kept
+pre-activation gradient for the first steps, and saturated (box-vertex) candidates are kept
 where they score higher. :func:`check_layer` says
 before any work whether a layer can be visualised; :func:`ratio_to_best` compares the result
 with the most activating real face.
@@ -19,6 +19,7 @@ Images are native ``classifier.input_shape`` (48×48×1 for FER2013): no RGB, no
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.extend import core as jex_core
 
 from jaxplain.models import Classifier, check_images
 
@@ -347,18 +349,50 @@ def _vertex_walk(objective, image, value, steps):
   of the [0, 1] box that the objective's gradient points to (pixels with a positive gradient to
   1, negative to 0, zero kept), each from the best so far. Returns ``(image, value)``.
   """
-  def keep(best, candidate):
-    v = objective(candidate)
-    better = v > best[1]
-    return jnp.where(better, candidate, best[0]), jnp.where(better, v, best[1])
+  def keep(best, candidates, values):  # the first candidate scoring higher than ``best``
+    i = jnp.argmax(values)
+    better = values[i] > best[1]
+    return jnp.where(better, candidates[i], best[0]), jnp.where(better, values[i], best[1])
 
-  best = (image, value)
-  for candidate in (image > 0.5, jnp.zeros_like(image), jnp.ones_like(image)):
-    best = keep(best, candidate.astype(image.dtype))
-  for _ in range(steps):
+  # The three fixed candidates in one batched pass, the moves in a loop: one copy of the
+  # network's forward and backward in the compiled program each.
+  fixed = jnp.stack([image > 0.5, jnp.zeros_like(image, bool), jnp.ones_like(image, bool)])
+  fixed = fixed.astype(image.dtype)
+  best = keep((image, value), fixed, jax.vmap(objective)(fixed))
+
+  def move(_, best):
     g = jax.grad(objective)(best[0])
-    best = keep(best, jnp.where(g > 0, 1.0, jnp.where(g < 0, 0.0, best[0])).astype(image.dtype))
-  return best
+    candidate = jnp.where(g > 0, 1.0, jnp.where(g < 0, 0.0, best[0])).astype(image.dtype)
+    return keep(best, candidate[None], objective(candidate)[None])
+
+  return jax.lax.fori_loop(0, steps, move, best)
+
+
+def _through_last_relu(forward, x):
+  """``forward(x)`` whose last ReLU (the one nearest the output) has the identity as backward pass.
+
+  The other ReLUs keep their gradient, so ``grad`` is that of the pre-activation of the unit
+  ``forward`` measures (a straight-through estimator of its ReLU alone): where the unit is off
+  for the whole image it still points to where the unit turns on. Without a ReLU on the way to
+  the output this is ``forward`` itself.
+  """
+  from jaxplain.attribution import rules
+  traced, flat = rules._trace(forward, x)
+  jaxpr, activations = traced.jaxpr, traced.analysis.activations
+  needed = {v for v in jaxpr.outvars if not isinstance(v, jex_core.Literal)}
+  last = None
+  for i in reversed(range(len(jaxpr.eqns))):
+    eqn = jaxpr.eqns[i]
+    if not any(v in needed for v in eqn.outvars):
+      continue
+    needed.update(v for v in eqn.invars if not isinstance(v, jex_core.Literal))
+    if last is None and activations.get(i, ("",))[0] == "relu":
+      last = i
+  kept = {} if last is None else {last: activations[last]}
+  traced = dataclasses.replace(traced, analysis=dataclasses.replace(traced.analysis,
+                                                                    activations=kept))
+  out = rules._evaluate(traced, flat[:-1] + [x], rules.RuleSet(relu="pass"))
+  return jax.tree_util.tree_unflatten(traced.out_tree, out)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -393,10 +427,9 @@ def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron
     return unit_value(tapped, f, x)
 
   def straight_through(x, f):
-    # The objective with every ReLU's backward pass the identity: a gradient where it is off.
-    from jaxplain.attribution import rules
-    return rules.modified(jax.tree_util.Partial(unit_value, tapped, f), x,
-                          rules.RuleSet(relu="pass"))
+    # The objective with its last ReLU's backward pass the identity: the gradient of the unit's
+    # pre-activation, which exists where the unit is off.
+    return _through_last_relu(jax.tree_util.Partial(unit_value, tapped, f), x)
 
   def loss(p, f, k, jittered, surrogate=False):
     x = to_image(p)
@@ -517,7 +550,7 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
   unit itself for a dense layer), or its value at ``neuron = (row, col)``. The first
   ``steps - polish_steps`` steps jitter the image (readable, translation-robust patterns); the
   last ``polish_steps`` do not, and the best unshifted iterate is kept. Filters that are off
-  (no gradient) follow a straight-through surrogate for the first ``warmup_steps``, and the
+  (no gradient) follow their pre-activation's gradient for the first ``warmup_steps``, and the
   kept image then meets saturated candidates (``vertex_steps``): whichever scores higher by the
   true activation is returned. Every
   ``blur_every`` steps the parameters are blurred with a Gaussian of ``blur_sigma`` pixels
@@ -570,12 +603,16 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
       ``conv1_1``: 0.53× the best real face with 1 restart, 0.90× with 3; FER2013 holds blank
       faces, which are this optimum exactly). With ``init``, restarts differ by jitter only.
     warmup_steps: during the first this many steps, a filter whose objective is exactly 0 and
-      so has no gradient (a ReLU unit that is off for the whole image, as NetworkV2's ``linear.1`` unit
-      217 is at every start) follows the straight-through gradient instead: the same objective
-      with every ReLU's backward pass the identity (:mod:`jaxplain.attribution.rules`,
-      ``relu="pass"``), which points to where the unit's pre-activation rises. Filters with a
-      gradient keep theirs; what is measured, kept and returned is always the true activation.
-      ``None``: ``steps // 16`` (those steps compute both gradients). ``0``: never.
+      so has no gradient (a ReLU unit that is off for the whole image, as NetworkV2's
+      ``linear.1`` unit 217 is at every start) follows the gradient of its pre-activation
+      instead: the same objective with the backward pass of its own ReLU (the last one on the
+      way to the layer) the identity, every other ReLU exact (a straight-through estimator of
+      that ReLU alone), which points to where the unit turns on. Passing every ReLU's gradient
+      instead also follows inner units that are off, and can point the wrong way: the shipped
+      CNN's ``dense`` units 3, 33 and 65 then stayed at 0 where faces reach 0.07-0.25 (now 7.5-17×
+      them). Filters with a gradient keep theirs; what is measured, kept and returned is always
+      the true activation. ``None``: ``steps // 16`` (those steps compute both gradients).
+      ``0``: never.
     vertex_steps: after the ascent, saturated candidates, each kept only if it scores higher:
       the image binarised at 0.5, the black and the white image, then this many moves to the
       vertex of the [0, 1] box the gradient points to (pixels with a positive gradient to 1,

@@ -55,19 +55,27 @@ def measure(clf, layer, filters, images_u8, *, key, progress=None, **options) ->
   index = (np.arange(len(filters)), np.asarray(filters))
   final = np.asarray(feature_vis.channel_activation(clf, vis.images, layer))[index]
   start = np.asarray(feature_vis.channel_activation(clf, vis.start_images, layer))[index]
+  flat = images_u8.reshape(len(images_u8), -1)
+  constant = flat.min(1) == flat.max(1)  # FER2013 holds blank (all-black) images
   rows = []
   for i, f in enumerate(filters):
     rows.append({"filter": f, "start": float(start[i]), "optimised": float(final[i]),
                  "best_real": float(best[f]), "best_real_face": int(best_index[f]),
+                 "best_face_constant": bool(constant[best_index[f]]),
                  "beats": bool(final[i] > best[f]),
                  "ratio_real": float(final[i] / best[f]) if best[f] > 0 else None})
   ratios = np.array([r["ratio_real"] for r in rows if r["ratio_real"] is not None])
-  # A tie: the best face is itself the maximiser (a blank black FER2013 image for a first-layer
-  # dark detector) and the ascent reached it exactly.
-  ties = sum(not r["beats"] and r["best_real"] > 0
-             and abs(r["optimised"] - r["best_real"]) <= 1e-6 * r["best_real"] for r in rows)
+  # A tie: the ascent reached the best face's value exactly. With a constant face (a blank black
+  # FER2013 image for a first-layer dark detector) that face is itself the maximiser
+  # (tests/test_feature_vis.py proves it from the weights); otherwise the layer saturates (a
+  # sigmoid at exactly 1.0 in float32).
+  tie = [not r["beats"] and r["best_real"] > 0
+         and abs(r["optimised"] - r["best_real"]) <= 1e-6 * r["best_real"] for r in rows]
   summary = {"filters": len(rows), "beats": int(sum(r["beats"] for r in rows)),
-             "ties": int(ties), "with_ratio": int(ratios.size)}
+             "ties": int(sum(tie)),
+             "ties_constant_face": int(sum(t and r["best_face_constant"]
+                                           for t, r in zip(tie, rows))),
+             "with_ratio": int(ratios.size)}
   if ratios.size:
     summary.update(ratio_real_min=float(ratios.min()), ratio_real_median=float(np.median(ratios)),
                    ratio_real_max=float(ratios.max()))
