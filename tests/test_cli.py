@@ -184,8 +184,13 @@ def test_subprocess_errors_are_one_line_with_exit_codes(ckpt, tmp_path):
 def test_ctrl_c_during_report_is_one_line_and_leaves_nothing(ckpt, tmp_path):
   out = tmp_path / "report"
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-  p = subprocess.Popen([sys.executable, "-m", "jaxplain.cli", "report", "--checkpoint",
-                        str(ckpt), "--out", str(out)], cwd=ROOT, env=env,
+  # A suite started in the background (`pytest &`) passes SIGINT on ignored, and Python keeps
+  # it ignored: the child restores Ctrl-C's KeyboardInterrupt before running the CLI.
+  start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "sys.argv = ['jaxplain'] + sys.argv[1:]; runpy.run_module('jaxplain.cli', "
+           "run_name='__main__')")
+  p = subprocess.Popen([sys.executable, "-c", start, "report", "--checkpoint", str(ckpt),
+                        "--out", str(out)], cwd=ROOT, env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 120
   while time.time() < deadline and p.poll() is None and not any(tmp_path.iterdir()):
