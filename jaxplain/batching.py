@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ACCELERATOR_BUDGET", "DEFAULT_BUDGET", "activation_bytes", "auto_batch_size", "check_batch_size",
-           "chunked_map", "default_budget", "eval_shape", "forward_bytes", "map_chunks", "MAX_UNROLLED_CHUNKS",
-           "shape_memo", "traced"]
+__all__ = ["ACCELERATOR_BUDGET", "DEFAULT_BUDGET", "activation_bytes", "auto_batch_size",
+           "check_batch_size", "chunked_map", "default_budget", "eval_shape", "forward_bytes",
+           "map_chunks", "MAX_UNROLLED_CHUNKS", "on_cpu", "shape_memo", "traced"]
 
 # Bytes of activations one chunk may hold by default on a CPU: a few hundred MB keeps the
 # README's examples far below a laptop's memory while chunks stay large enough to be fast.
@@ -37,15 +37,20 @@ DEFAULT_BUDGET = 512 * 2**20
 ACCELERATOR_BUDGET = 4 * 2**30
 
 
+def on_cpu() -> bool:
+  """Whether JAX computes on a CPU (the default device's platform): chunk sizes tuned for a
+  CPU's caches do not suit an accelerator, where a chunk costs its launches whatever its size."""
+  return jax.local_devices()[0].platform == "cpu"
+
+
 def default_budget() -> int:
   """The activation bytes a chunk may hold when a caller gives no ``budget``:
   :data:`DEFAULT_BUDGET` on a CPU; on a GPU or TPU an eighth of the first local device's
   memory, at most :data:`ACCELERATOR_BUDGET`."""
-  device = jax.local_devices()[0]
-  if device.platform == "cpu":
+  if on_cpu():
     return DEFAULT_BUDGET
   try:
-    limit = int((device.memory_stats() or {}).get("bytes_limit", 0))
+    limit = int((jax.local_devices()[0].memory_stats() or {}).get("bytes_limit", 0))
   except Exception:  # noqa: BLE001 - a backend without memory statistics
     limit = 0
   return min(ACCELERATOR_BUDGET, limit // 8) if limit else DEFAULT_BUDGET

@@ -679,14 +679,15 @@ def integrated_gradients_adaptive(forward, inputs, target, *, tol: float = 0.01,
   if batch_size is None or images_per_batch is None:
     per_image = _bytes_per_image(forward, inputs.shape[1:], inputs.dtype)
     if batch_size is None:
-      most = MAX_CHUNK if jax.local_devices()[0].platform == "cpu" else MAX_CHUNK_ACCELERATOR
+      most = MAX_CHUNK if batching.on_cpu() else MAX_CHUNK_ACCELERATOR
       batch_size = min(most, batching.auto_batch_size(per_image, n * int(max_steps),
                                                       budget=budget))
     if images_per_batch is None:
       stored = int(max_steps) * math.prod(inputs.shape[1:]) * inputs.dtype.itemsize
       images_per_batch = batching.auto_batch_size(stored, n, budget=budget)
   tols = tuple(jnp.asarray(v, inputs.dtype) for v in (tol, atol, pixel_tol))
-  run = _adaptive if batching.traced(forward, inputs, target, b, tols) or not host else _adaptive_host
+  traced = batching.traced(forward, inputs, target, b, tols)
+  run = _adaptive if traced or not host else _adaptive_host
   return run(forward, inputs, target, b, tols, max_steps=int(max_steps),
              min_steps=int(min_steps), chunk=int(batch_size), images=int(images_per_batch),
              growth=float(growth))

@@ -205,7 +205,7 @@ def auto_steps(fn, inputs, steps: int, batch_size: int | None, *args,
   x = jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
   measure = batching.forward_bytes if forward_only else batching.activation_bytes
   fit = batching.auto_batch_size(measure(lambda v, *a: fn(v, *a), x, *args), steps)
-  if not forward_only or jax.local_devices()[0].platform != "cpu":
+  if not forward_only or not batching.on_cpu():
     return fit
   # About PROGRAM_ROWS images a forward pass, in at most MAX_UNROLLED_CHUNKS chunks.
   fast = max(1, PROGRAM_ROWS // inputs.shape[0])
@@ -227,7 +227,7 @@ def auto_rows(forward, inputs, rows: int, batch_size: int | None) -> int:
     return int(min(check_positive(batch_size, "batch_size") * n, rows))
   x = jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
   fit = batching.auto_batch_size(batching.forward_bytes(forward, x), -(-rows // n)) * n
-  if jax.local_devices()[0].platform == "cpu":
+  if batching.on_cpu():
     fit = min(fit, FAST_ROWS)
   return int(max(1, min(fit, rows)))
 
