@@ -393,14 +393,15 @@ def section_trust(clf, shown, out, cfg, key, log) -> dict:
   _stage(log, f"which explanation to trust: {len(methods)} methods x {len(metrics)} metrics on "
          f"{len(targets)} faces")
   t0 = time.time()
-  table = metrics_eval.evaluate_methods(clf, data_lib.to_float(images), np.asarray(targets),
-                                        methods=methods, metrics=metrics, key=key,
-                                        lime_samples=min(cfg.lime_samples, 300))
+  x, t, lime_samples = data_lib.to_float(images), np.asarray(targets), min(cfg.lime_samples, 300)
+  table = metrics_eval.evaluate_methods(clf, x, t, methods=methods, metrics=metrics, key=key,
+                                        lime_samples=lime_samples)
   log(f"  {time.time() - t0:.1f}s")
   from jaxplain.metrics import figures as metric_figures
-  x, t = data_lib.to_float(images), np.asarray(targets)
-  curves = metrics_eval.deletion_curves(clf, x, t, methods=methods, key=jax.random.fold_in(key, 1),
-                                        lime_samples=min(cfg.lime_samples, 300))
+  # The table's key: each method's maps (random ones too) are the table's, so the AUCs in the
+  # figure's legend are the table's deletion and insertion columns.
+  curves = metrics_eval.deletion_curves(clf, x, t, methods=methods, key=key,
+                                        lime_samples=lime_samples)
   viz.save(metric_figures.deletion_figure(curves, title=f"Deletion and insertion, mean over "
                                           f"{len(t)} faces"), out / "deletion_insertion.png")
   check = metrics_eval.sanity_check(clf, x, t, method="saliency", key=jax.random.fold_in(key, 2))
