@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import pathlib
 
+from jaxplain import xla_flags
+
+xla_flags.apply_cpu_defaults()  # before any JAX computation: XLA reads its flags once
+
 from jaxplain import attribution, batching, convert, evaluation, lime, metrics
 from jaxplain.attribution import (
     attribute,

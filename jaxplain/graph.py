@@ -150,9 +150,15 @@ class TorchGraph:
 
   def values(self, variables, x) -> dict[str, Any]:
     """Every op's output (NCHW, as PyTorch has it) by node name: for finding a diverging op."""
-    return self._run(variables, x)[0]
+    return self._run(variables, x, channels_last=False)[0]
 
-  def _run(self, variables, x, *, tap=None, delta=None, guided=False):
+  def _run(self, variables, x, *, tap=None, delta=None, guided=False, channels_last=True):
+    """``(values by op name, tapped activation)``.
+
+    With ``channels_last``, 4-D activations stay NHWC through the ops that allow it (see
+    ``_runs_nhwc``) and are transposed to NCHW only for the ops that need PyTorch's layout;
+    the returned values are then in whichever layout each op computed in.
+    """
     c, h, w = self.input_shape
     models.check_images(x, name="x", shape=(h, w, c))
     dtype = x.dtype
@@ -163,21 +169,47 @@ class TorchGraph:
     mean = jnp.asarray(self.mean, dtype).reshape(1, 1, 1, -1)
     std = jnp.asarray(self.std, dtype).reshape(1, 1, 1, -1)
     ctx = Ctx(guided=guided, n=x.shape[0])
-    env, tapped = {}, None
+    env, nhwc, nchw_copies, tapped = {}, set(), {}, None
+
+    def as_nchw(name):
+      if name not in nhwc:
+        return env[name]
+      if name not in nchw_copies:
+        nchw_copies[name] = _user_to_nchw(env[name])
+      return nchw_copies[name]
+
     for op in self.ops:
       if op.kind == "input":
-        env[op.name] = jnp.transpose((x - mean) / std, (0, 3, 1, 2))
+        env[op.name] = (x - mean) / std
+        if channels_last:
+          nhwc.add(op.name)
+        else:
+          env[op.name] = _user_to_nchw(env[op.name])
         continue
       weights = _lookup(variables, op.weights) if op.weights is not None else None
-      out = OPS[op.kind]([env[i] for i in op.inputs], dict(op.params), weights, ctx)
+      params = dict(op.params)
+      held = [env[i] for i in op.inputs]
+      flags = [i in nhwc for i in op.inputs]
+      if channels_last and _runs_nhwc(op, params, weights, held, flags):
+        kind = op.kind
+        out = (_OPS_NHWC[kind] if kind in _OPS_NHWC else OPS[kind])(held, params, weights, ctx)
+        out_nhwc = _nhwc_output(kind, params) and jnp.ndim(out) == 4
+      else:
+        out = OPS[op.kind]([as_nchw(i) for i in op.inputs], params, weights, ctx)
+        out_nhwc = False
       if op.layer is not None and op.layer == tap:
-        tapped = _nchw_to_user(out)
+        tapped = out if out_nhwc else _nchw_to_user(out)
         if delta is not None:
           if tuple(delta.shape) != tuple(tapped.shape):
             raise ValueError(f"`delta` shape {tuple(delta.shape)} != activation shape "
                              f"{tuple(tapped.shape)} of layer {tap!r}")
-          out = out + _user_to_nchw(jnp.asarray(delta, out.dtype))
+          delta = jnp.asarray(delta, out.dtype)
+          out = out + (delta if out_nhwc else _user_to_nchw(delta))
       env[op.name] = out
+      if out_nhwc:
+        nhwc.add(op.name)
+    if self.output in nhwc:
+      env[self.output] = as_nchw(self.output)
     return env, tapped
 
   def config(self) -> dict[str, Any]:
@@ -436,30 +468,36 @@ def _avg_divisor(size, k, s, p, out, include_pad):
 def _avg_pool(a, p, w, ctx):
   """``avg_pool{1,2,3}d`` over the trailing ``len(kernel)`` axes (padding counted or not)."""
   del w, ctx
-  x = a[0]
+  return _avg_pool_on(a[0], p, a[0].ndim - len(p["kernel"]))
+
+
+def _avg_pool_on(x, p, lead):
+  """Average pooling over the ``len(kernel)`` axes from axis ``lead`` on (PyTorch's rules)."""
   nd = len(p["kernel"])
-  lead = x.ndim - nd
+  tail = x.ndim - lead - nd
   sizes = [_pool_size(x.shape[lead + i], p["kernel"][i], p["stride"][i], p["padding"][i], 1,
                       p["ceil_mode"]) for i in range(nd)]
-  total = lax.reduce_window(x, 0.0, lax.add, (1,) * lead + tuple(p["kernel"]),
-                            (1,) * lead + tuple(p["stride"]),
+  total = lax.reduce_window(x, 0.0, lax.add, (1,) * lead + tuple(p["kernel"]) + (1,) * tail,
+                            (1,) * lead + tuple(p["stride"]) + (1,) * tail,
                             ((0, 0),) * lead + tuple((q, q + e) for q, (_, e) in
-                                                     zip(p["padding"], sizes)))
+                                                     zip(p["padding"], sizes)) + ((0, 0),) * tail)
   if p["divisor_override"]:
     return total / p["divisor_override"]
   div = np.ones(())
   for i, (out, _) in enumerate(sizes):
     div = np.multiply.outer(div, _avg_divisor(x.shape[lead + i], p["kernel"][i], p["stride"][i],
                                               p["padding"][i], out, p["count_include_pad"]))
-  return total / jnp.asarray(div, x.dtype).reshape((1,) * lead + div.shape)
+  return total / jnp.asarray(div, x.dtype).reshape((1,) * lead + div.shape + (1,) * tail)
 
 
-def _adaptive(reduce):
+def _adaptive(reduce, *, channels_last: bool = False):
+  """Adaptive pooling over the trailing spatial axes (or, ``channels_last``, those before C)."""
   def pool(a, p, w, ctx):
     del w, ctx
     x = a[0]
     sizes = p["output_size"]
-    for axis, out in zip(range(x.ndim - len(sizes), x.ndim), sizes):
+    end = x.ndim - 1 if channels_last else x.ndim
+    for axis, out in zip(range(end - len(sizes), end), sizes):
       size = x.shape[axis]
       if size % out == 0:
         k = size // out
@@ -1047,3 +1085,129 @@ OPS = {
 }
 
 FINAL_ACTIVATIONS = ("sigmoid", "softmax", "log_softmax")
+
+# ----------------------------------------------------------------------------------------------
+# Channels-last execution. XLA's CPU and GPU convolutions want NHWC; a converted graph run in
+# PyTorch's NCHW pays a transpose before and after every convolution (on the 2-core CPU, 7 ms of
+# NetworkV2's 79 ms input gradient for 32 faces was one of them). So _run keeps a 4-D activation
+# in NHWC from the input on, as long as the ops reading it are among these, and transposes to
+# NCHW only for an op that needs PyTorch's layout (flatten, view, indexing, ...). Each function
+# takes NHWC inputs and returns NHWC (or, for reductions, the tensor PyTorch's layout gives).
+# ----------------------------------------------------------------------------------------------
+
+_NCHW_TO_NHWC_AXIS = (0, 3, 1, 2)  # NCHW axis i lives at NHWC axis _NCHW_TO_NHWC_AXIS[i]
+
+_ELEMENTWISE = frozenset({
+    "identity", "relu", "relu6", "hardtanh", "leaky_relu", "elu", "celu", "selu", "gelu", "silu",
+    "mish", "hardswish", "hardsigmoid", "softplus", "sigmoid", "log_sigmoid", "tanh", "neg", "exp",
+    "log", "sqrt", "rsqrt", "abs", "sin", "cos", "erf", "reciprocal", "square", "floor", "ceil",
+    "round", "sign", "cast"})
+_BINARY_NHWC = frozenset({"add", "sub", "mul", "div", "maximum", "minimum"})
+_REDUCE_NHWC = frozenset({"mean", "sum", "amax", "amin"})
+_SPATIAL_PAD = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _conv_nhwc(a, p, w, ctx):
+  del ctx
+  x = a[0]
+  weight, bias = (w["weight"], w.get("bias")) if w is not None else (a[1], a[2] if len(a) > 2
+                                                                    else None)
+  pads = [tuple(q) for q in p["padding"]]
+  if p["padding_mode"] != "zeros":
+    x = jnp.pad(x, [(0, 0), *pads, (0, 0)], mode=_SPATIAL_PAD[p["padding_mode"]])
+    pads = [(0, 0)] * 2
+  y = lax.conv_general_dilated(x, weight, window_strides=p["stride"], padding=pads,
+                               rhs_dilation=p["dilation"],
+                               dimension_numbers=("NHWC", "OIHW", "NHWC"),
+                               feature_group_count=p["groups"], precision=_HI)
+  return y if bias is None else y + _last(bias)
+
+
+def _last(v):
+  """A per-channel vector shaped to broadcast over the last axis of an NHWC tensor."""
+  return v.reshape(1, 1, 1, -1)
+
+
+def _batch_norm_nhwc(a, p, w, ctx):
+  del ctx
+  x = a[0]
+  rm, rv = (w["running_mean"], w["running_var"]) if w is not None else (a[1], a[2])
+  weight, bias = _affine_weights(a, p, w, 3)
+  return _affine((x - _last(rm)) * lax.rsqrt(_last(rv) + p["eps"]), weight, bias, _last)
+
+
+def _max_pool_nhwc(a, p, w, ctx):
+  del w, ctx
+  x = a[0]
+  (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p["kernel"], p["stride"], p["padding"], p["dilation"]
+  _, eh = _pool_size(x.shape[1], kh, sh, ph, dh, p["ceil_mode"])
+  _, ew = _pool_size(x.shape[2], kw, sw, pw, dw, p["ceil_mode"])
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, kh, kw, 1), (1, sh, sw, 1),
+                           ((0, 0), (ph, ph + eh), (pw, pw + ew), (0, 0)),
+                           window_dilation=(1, dh, dw, 1))
+
+
+def _pad_nhwc(a, p, w, ctx):
+  del w, ctx
+  pads = list(p["pads"]) + [0] * (4 - len(p["pads"]))  # (W lo, W hi, H lo, H hi)
+  width = [(0, 0), (pads[2], pads[3]), (pads[0], pads[1]), (0, 0)]
+  if p["mode"] == "constant":
+    return jnp.pad(a[0], width, mode="constant", constant_values=p["value"])
+  return jnp.pad(a[0], width, mode=_SPATIAL_PAD[p["mode"]])
+
+
+def _nhwc_dims(dims):
+  return None if dims is None else tuple(_NCHW_TO_NHWC_AXIS[d % 4] for d in (
+      dims if isinstance(dims, (tuple, list)) else (dims,)))
+
+
+_OPS_NHWC = {
+    "conv": _conv_nhwc,
+    "conv2d": _conv_nhwc,
+    "batch_norm": _batch_norm_nhwc,
+    "max_pool2d": _max_pool_nhwc,
+    "avg_pool2d": lambda a, p, w, c: _avg_pool_on(a[0], p, 1),
+    "adaptive_avg_pool2d": _adaptive(jnp.mean, channels_last=True),
+    "adaptive_max_pool2d": _adaptive(jnp.max, channels_last=True),
+    "pad": _pad_nhwc,
+    "cat": lambda a, p, w, c: jnp.concatenate(a, axis=_NCHW_TO_NHWC_AXIS[p["dim"] % 4]),
+} | {k: (lambda kind: lambda a, p, w, c: OPS[kind](
+    a, p | {"dims": _nhwc_dims(p["dims"])}, w, c))(k) for k in _REDUCE_NHWC}
+
+
+def _runs_nhwc(op, params, weights, inputs, nhwc) -> bool:
+  """Whether ``op`` can compute on its inputs held channels-last (``nhwc``: per input)."""
+  kind = op.kind
+  if not inputs or not nhwc[0]:
+    return False
+  if kind in _ELEMENTWISE:
+    return len(inputs) == 1 and not (kind == "cast" and jnp.ndim(inputs[0]) != 4)
+  if kind in _BINARY_NHWC:
+    if "other" in params:
+      return len(inputs) == 1 and isinstance(params["other"], (int, float, bool))
+    return len(inputs) == 2 and all(nhwc) and inputs[0].shape == inputs[1].shape
+  if kind in ("conv", "conv2d"):
+    weight = weights["weight"] if weights is not None else (inputs[1] if len(inputs) > 1
+                                                             else None)
+    return weight is not None and weight.ndim == 4 and not any(nhwc[1:])
+  if kind == "batch_norm":
+    return not any(nhwc[1:])
+  if kind in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"):
+    return len(inputs) == 1 and len(params.get("kernel", params.get("output_size", ()))) == 2
+  if kind == "pad":
+    return len(params["pads"]) <= 4 and (params["mode"] == "constant"
+                                         or params["mode"] in _SPATIAL_PAD)
+  if kind == "cat":
+    return all(nhwc)
+  if kind in _REDUCE_NHWC:
+    dims = params["dims"]
+    if dims is None or params["keepdim"]:
+      return True
+    dims = {d % 4 for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
+    return 1 in dims or {2, 3} <= dims  # then both layouts leave the kept axes in one order
+  return False
+
+
+def _nhwc_output(kind, params) -> bool:
+  """Whether an op run channels-last returns an NHWC 4-D tensor (not a reduced one)."""
+  return kind not in _REDUCE_NHWC or params["dims"] is None or bool(params["keepdim"])

@@ -33,6 +33,8 @@ from typing import Any
 import jax
 import numpy as np
 
+import jaxplain  # noqa: F401 - before any JAX computation: sets jaxplain's XLA:CPU defaults
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Where the PyTorch peers run: "cpu", or "cuda" to compare with Captum on the same GPU

@@ -49,7 +49,8 @@ def environment() -> dict:
          "python": platform.python_version(), "machine": platform.machine(),
          "cpus": os.cpu_count(), "loadavg_at_start": list(os.getloadavg()),
          "jax": jax.__version__, "backend": jax.default_backend(),
-         "devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()]}
+         "devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
+         "xla_flags": os.environ.get("XLA_FLAGS", "")}
   try:
     import torch
     env["torch"] = torch.__version__
