@@ -115,7 +115,7 @@ class CNN(nn.Module):
         x = nn.Conv(width, (3, 3), use_bias=False, name=f"conv{s}_{i}_conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"conv{s}_{i}_bn")(x)
         x = mark(f"conv{s}_{i}", relu(x))
-      x = mark(f"pool{s}", nn.max_pool(x, (2, 2), strides=(2, 2)))
+      x = mark(f"pool{s}", max_pool_2x2(x))  # custom gradient: no select_and_scatter
     x = mark("features", jnp.mean(x, axis=(1, 2)))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     if self.hidden:
