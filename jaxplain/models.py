@@ -17,6 +17,7 @@ PyTorch graphs of :mod:`jaxplain.convert` follow it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -190,6 +191,41 @@ def _max_pool_2x2_jvp(primals, tangents):
   mask = _first_max_mask(x.reshape(windows))
   t = t.reshape(windows)
   return _max_pool_2x2(x), jnp.sum(jnp.where(mask, t, jnp.zeros_like(t)), axis=(2, 4))
+
+
+def window_max(x, window):
+  """Max over non-overlapping windows (stride = window, VALID), with :func:`max_pool_2x2`'s
+  gradient: the mask of each window's first maximum, in row-major order, as XLA's and PyTorch's
+  max-pool gradients give it, without ``select_and_scatter``.
+
+  Args:
+    x: any array; ``window``: one size per axis (1 for axes not pooled). A trailing part that
+      does not fill a window is dropped, as ``reduce_window`` with VALID padding does.
+  """
+  window = tuple(int(k) for k in window)
+  crop = tuple(slice(0, d - d % k) for d, k in zip(x.shape, window))
+  return _window_max(x[crop], window)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _window_max(x, window):
+  return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, window, window, "VALID")
+
+
+@_window_max.defjvp
+def _window_max_jvp(window, primals, tangents):
+  (x,), (t,) = primals, tangents
+  split = tuple(s for d, k in zip(x.shape, window) for s in (d // k, k))
+  inner = tuple(range(1, 2 * x.ndim, 2))
+  windows = x.reshape(split)
+  top = windows.max(axis=inner, keepdims=True)
+  order, scale = jnp.zeros(split, jnp.int32), 1
+  for axis, k in reversed(list(zip(inner, window))):
+    order, scale = order + scale * lax.broadcasted_iota(jnp.int32, split, axis), scale * k
+  first = jnp.min(jnp.where(windows == top, order, scale), axis=inner, keepdims=True)
+  t = t.reshape(split)
+  return _window_max(x, window), jnp.sum(jnp.where(order == first, t, jnp.zeros_like(t)),
+                                         axis=inner)
 
 
 def cnn_inference(model: "CNN", variables, x, *, tap: str | None = None, delta=None,

@@ -104,24 +104,36 @@ def test_channels_last_gradient_and_taps_match_pytorch(mixed):
   np.testing.assert_allclose(dg, store["out"].grad.numpy().transpose(0, 2, 3, 1), atol=1e-5)
 
 
-def _import_flags(env):
-  code = "import os, jaxplain; print(os.environ.get('XLA_FLAGS', ''))"
-  run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       check=True)
-  return run.stdout.strip()
+_SCENARIOS = r"""
+import json, os, sys
+import jaxplain                                        # no backend started by the import
+from jaxplain import xla_flags
+out = {"import": os.environ.get("XLA_FLAGS", "")}
+for name, env in json.loads(sys.argv[1]).items():
+  for k in ("XLA_FLAGS", xla_flags.ENV):
+    os.environ.pop(k, None)
+  os.environ.update(env)
+  xla_flags.apply_cpu_defaults()
+  out[name] = os.environ.get("XLA_FLAGS", "")
+print(json.dumps(out))
+"""
 
 
 def test_xla_cpu_flag_set_at_import_unless_user_chose():
-  base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.ENV)}
-  if not xla_flags._jaxlib_knows_flag():
-    assert _import_flags(base) == ""                   # an unknown flag would abort XLA
-    return
-  assert _import_flags(base) == xla_flags.FLAG
-  assert _import_flags(base | {xla_flags.ENV: "off"}) == ""
+  import json
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.ENV)}
   mine = "--xla_cpu_experimental_ynn_fusion_type=individual_convolution"
-  assert _import_flags(base | {"XLA_FLAGS": mine}) == mine
   other = "--xla_force_host_platform_device_count=2"
-  assert _import_flags(base | {"XLA_FLAGS": other}) == f"{other} {xla_flags.FLAG}"
+  scenarios = {"off": {xla_flags.ENV: "off"}, "mine": {"XLA_FLAGS": mine},
+               "other": {"XLA_FLAGS": other}}
+  run = subprocess.run([sys.executable, "-c", _SCENARIOS, json.dumps(scenarios)], env=env,
+                       capture_output=True, text=True, check=True)
+  got = json.loads(run.stdout.strip().splitlines()[-1])
+  if not xla_flags._jaxlib_knows_flag():                # an unknown flag would abort XLA
+    assert got == {"import": "", "off": "", "mine": mine, "other": other}
+    return
+  assert got == {"import": xla_flags.FLAG, "off": "", "mine": mine,
+                 "other": f"{other} {xla_flags.FLAG}"}
 
 
 def test_xla_cpu_flag_not_added_once_backends_started(monkeypatch):

@@ -116,3 +116,21 @@ def test_class_weights_inverse_frequency():
   # weighted counts are equal across classes and the mean weight per example is 1
   np.testing.assert_allclose(w[0] * 90, w[1] * 10)
   np.testing.assert_allclose((w[0] * 90 + w[1] * 10) / 100, 1.0)
+
+
+@pytest.mark.parametrize("shape, window", [((3, 7, 9, 4), (1, 2, 2, 1)), ((2, 5, 6, 8), (1, 3, 2, 1)),
+                                           ((4, 10), (2, 5))])
+def test_window_max_equals_reduce_window_and_its_gradient(shape, window):
+  """Values bit-equal to reduce_window (VALID, odd tails dropped); gradient equal to XLA's
+  select_and_scatter on untied data; a tied window sends its gradient to the first maximum."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  ref = lambda v: jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, window, window, "VALID")
+  np.testing.assert_array_equal(models.window_max(x, window), ref(x))
+  w = jax.random.normal(jax.random.key(1), ref(x).shape)
+  g = jax.grad(lambda v: jnp.sum(w * models.window_max(v, window)))(x)
+  np.testing.assert_allclose(g, jax.grad(lambda v: jnp.sum(w * ref(v)))(x), atol=1e-6)
+  tied = jnp.zeros(shape)
+  g = jax.grad(lambda v: jnp.sum(models.window_max(v, window)))(tied)
+  first = np.zeros(shape)
+  first[tuple(slice(0, (d // k) * k, k) for d, k in zip(shape, window))] = 1
+  np.testing.assert_array_equal(g, first)

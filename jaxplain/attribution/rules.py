@@ -390,13 +390,28 @@ def _activation(kind, rule, x, ref, shape, dtype):
   raise ValueError(f"unknown activation rule {rule!r}")
 
 
+def _fast_pool(eqn):
+  """For a max pool over non-overlapping windows: the same pool with a mask gradient
+  (:func:`jaxplain.models.window_max`), since XLA's ``select_and_scatter`` is slow on CPU. A
+  ``custom_jvp`` in the traced forward (``max_pool_2x2``) was inlined to find the pools, which
+  would otherwise leave the rule-based methods with the slow gradient. None for other pools."""
+  p = eqn.params
+  window, strides = tuple(p["window_dimensions"]), tuple(p["window_strides"])
+  if (window != strides or any(tuple(q) != (0, 0) for q in p["padding"])
+      or any(d != 1 for d in (*p["base_dilation"], *p["window_dilation"]))):
+    return None
+  from jaxplain import models
+  return lambda x: models.window_max(x, window)
+
+
 def _max_pool_deeplift(eqn, x, ref):
   """Captum DeepLift's max-pool rule: the output difference routed to the larger pool's argmax
   and divided by the input difference there."""
   params = eqn.primitive.get_bind_params(eqn.params)
+  fast = _fast_pool(eqn)
 
   def pool(a):
-    return eqn.primitive.bind(a, **params)
+    return fast(a) if fast is not None else eqn.primitive.bind(a, **params)
 
   def bwd(a, y, g):
     x, r = a
@@ -607,6 +622,8 @@ def _evaluate(traced: _Traced, args, rules: RuleSet | None, *, ref_env=None, bou
       elif i in an.max_pools and rules.max_pool == "deeplift":
         v = eqn.invars[0]
         out = [_max_pool_deeplift(eqn, read(v), ref_env[v])]
+      elif i in an.max_pools and _fast_pool(eqn) is not None:
+        out = [_fast_pool(eqn)(read(eqn.invars[0]))]
       elif i in an.layers:
         layer = an.layers[i]
         rule = None if rules.layers is None else \
