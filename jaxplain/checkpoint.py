@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import re
@@ -381,16 +383,36 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
   return meta
 
 
+# Checkpoints whose restore failed: asyncio's "exception was never retrieved" reports about their
+# abandoned reads are dropped (_LateReadErrors), whenever the garbage collector gets to them.
+_FAILED_READS: set[str] = set()
+
+
+class _LateReadErrors(logging.Filter):
+  """Drops asyncio's report of a read that orbax abandoned after an earlier read of the same
+  checkpoint failed (that failure is already jaxplain's raised error)."""
+
+  def filter(self, record):
+    text = record.getMessage()
+    return not ("exception was never retrieved" in text
+                and any(p in text for p in _FAILED_READS))
+
+
+_LATE_READ_FILTER = _LateReadErrors()
+
+
 @contextlib.contextmanager
-def _orbax_reads():
-  """Runs an orbax restore; on failure, waits for its reads still in flight.
+def _orbax_reads(where):
+  """Runs an orbax restore of ``where``; on failure, waits for its reads still in flight.
 
   orbax runs a restore in an event loop of its own and closes it as soon as one read fails,
   while tensorstore is still finishing the others; each then calls ``call_soon_threadsafe`` on
   the closed loop, and Python prints ``RuntimeError: Event loop is closed`` after jaxplain's own
-  clean error (issue 11). Checksums verified before the restore keep damaged files from orbax in
-  the first place; for files without checksums this waits out those late callbacks and drops
-  exactly that error, which carries nothing the raised error does not.
+  clean error (issue 11), or, when a late read failed too, asyncio logs "Task exception was
+  never retrieved" with its traceback once the task is collected (seen on a loaded machine).
+  Checksums verified before the restore keep damaged files from orbax in the first place; for
+  files without checksums this waits out those late callbacks and drops exactly these two
+  reports, which carry nothing the raised error does not.
   """
   previous = sys.unraisablehook
 
@@ -403,7 +425,12 @@ def _orbax_reads():
   try:
     yield
   except BaseException:
+    _FAILED_READS.add(str(where))
+    logger = logging.getLogger("asyncio")
+    if _LATE_READ_FILTER not in logger.filters:
+      logger.addFilter(_LATE_READ_FILTER)
     time.sleep(0.3)
+    gc.collect()  # report (and drop) the abandoned reads now, not at some later moment
     raise
   finally:
     sys.unraisablehook = previous
@@ -447,7 +474,7 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
                   "its weight files cannot be verified; re-save it with save_classifier",
                   stacklevel=2)
   try:
-    with _orbax_reads(), ocp.StandardCheckpointer() as ckptr:
+    with _orbax_reads(path), ocp.StandardCheckpointer() as ckptr:
       raw = ckptr.restore(path / "variables")
   except Exception as e:  # orbax raises many types for damaged files
     raise ValueError(f"{path}: cannot read the weights in variables/ ({type(e).__name__}: "
@@ -636,7 +663,7 @@ class RunManager:
       warnings.warn(f"{step_dir}: no checksums recorded (the run was killed while saving it, or "
                     "an older jaxplain wrote it); its files cannot be verified", stacklevel=3)
     try:
-      with _orbax_reads():
+      with _orbax_reads(step_dir):
         restored = self.manager.restore(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, like)),
             meta=ocp.args.JsonRestore()))

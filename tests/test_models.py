@@ -118,8 +118,8 @@ def test_class_weights_inverse_frequency():
   np.testing.assert_allclose((w[0] * 90 + w[1] * 10) / 100, 1.0)
 
 
-@pytest.mark.parametrize("shape, window", [((3, 7, 9, 4), (1, 2, 2, 1)), ((2, 5, 6, 8), (1, 3, 2, 1)),
-                                           ((4, 10), (2, 5))])
+@pytest.mark.parametrize("shape, window", [((3, 7, 9, 4), (1, 2, 2, 1)),
+                                           ((2, 5, 6, 8), (1, 3, 2, 1)), ((4, 10), (2, 5))])
 def test_window_max_equals_reduce_window_and_its_gradient(shape, window):
   """Values bit-equal to reduce_window (VALID, odd tails dropped); gradient equal to XLA's
   select_and_scatter on untied data; a tied window sends its gradient to the first maximum."""

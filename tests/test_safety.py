@@ -450,3 +450,20 @@ def test_declared_range_is_saved(tmp_path, tiny_classifier):
   clf = models.declare_input_range(tiny_classifier, -1.0, 1.0)
   loaded = jaxplain.load_classifier(jaxplain.save_classifier(clf, tmp_path / "ck"))
   assert loaded.input_range == (-1.0, 1.0)
+
+
+def test_late_read_reports_of_a_failed_restore_are_dropped(tmp_path, caplog):
+  """A read orbax abandoned after a failed restore is reported by asyncio when collected (seen
+  under load); jaxplain drops exactly those reports, for checkpoints whose restore failed."""
+  import logging
+  bad = str(tmp_path / "ck")
+  with pytest.raises(RuntimeError), checkpoint._orbax_reads(bad):
+    raise RuntimeError("a read failed")
+  logger = logging.getLogger("asyncio")
+  with caplog.at_level(logging.ERROR, logger="asyncio"):
+    for where in (f"{bad}/variables", f"{tmp_path}/other"):
+      logger.error("Task exception was never retrieved\nfuture: <Task finished "
+                   f"exception=ValueError('DATA_LOSS: {where}')>")
+    logger.error(f"something else about {bad}")
+  messages = [r.getMessage() for r in caplog.records]
+  assert len(messages) == 2 and all(bad + "/variables" not in m for m in messages)
