@@ -3,7 +3,7 @@
 Recent jaxlib releases hand float32 convolutions on the CPU to YNNPACK. On this project's 2-core
 CPU those kernels ran many of the CNN's layer shapes on one core: a 32→64-channel 3×3 conv over
 256 faces of 24×24 took 82 ms there and 42 ms in XLA's Eigen convolution, the converted
-NetworkV2's forward 489 ms against 196 ms (``scripts/bench.py`` has the side-by-side rows). So
+NetworkV2's forward 469–519 ms against 184–198 ms (idle; ``scripts/bench.py`` rows). So
 ``import jaxplain`` adds ``--xla_cpu_experimental_ynn_fusion_type=`` to ``XLA_FLAGS`` (no
 YNNPACK fusions: convolutions, and the elementwise work fused into them, go back to XLA's own
 kernels), unless
