@@ -448,13 +448,22 @@ def _pool_size(size, k, s, p, d, ceil):
 
 def _max_pool(a, p, w, ctx):
   del w, ctx
-  x = a[0]
+  return _max_pool_on(a[0], p, 2)
+
+
+def _max_pool_on(x, p, h_axis):
+  """2-D max pooling (PyTorch's rules) over axes ``h_axis`` and ``h_axis + 1`` of a 4-D ``x``."""
   (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p["kernel"], p["stride"], p["padding"], p["dilation"]
-  _, eh = _pool_size(x.shape[2], kh, sh, ph, dh, p["ceil_mode"])
-  _, ew = _pool_size(x.shape[3], kw, sw, pw, dw, p["ceil_mode"])
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, kh, kw),
-                           (1, 1, sh, sw), ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)),
-                           window_dilation=(1, 1, dh, dw))
+  _, eh = _pool_size(x.shape[h_axis], kh, sh, ph, dh, p["ceil_mode"])
+  _, ew = _pool_size(x.shape[h_axis + 1], kw, sw, pw, dw, p["ceil_mode"])
+
+  def spatial(h, w, other):
+    dims = [other] * 4
+    dims[h_axis], dims[h_axis + 1] = h, w
+    return tuple(dims)
+  return lax.reduce_window(x, -jnp.inf, lax.max, spatial(kh, kw, 1), spatial(sh, sw, 1),
+                           spatial((ph, ph + eh), (pw, pw + ew), (0, 0)),
+                           window_dilation=spatial(dh, dw, 1))
 
 
 def _avg_divisor(size, k, s, p, out, include_pad):
@@ -1136,17 +1145,6 @@ def _batch_norm_nhwc(a, p, w, ctx):
   return _affine((x - _last(rm)) * lax.rsqrt(_last(rv) + p["eps"]), weight, bias, _last)
 
 
-def _max_pool_nhwc(a, p, w, ctx):
-  del w, ctx
-  x = a[0]
-  (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p["kernel"], p["stride"], p["padding"], p["dilation"]
-  _, eh = _pool_size(x.shape[1], kh, sh, ph, dh, p["ceil_mode"])
-  _, ew = _pool_size(x.shape[2], kw, sw, pw, dw, p["ceil_mode"])
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, kh, kw, 1), (1, sh, sw, 1),
-                           ((0, 0), (ph, ph + eh), (pw, pw + ew), (0, 0)),
-                           window_dilation=(1, dh, dw, 1))
-
-
 def _pad_nhwc(a, p, w, ctx):
   del w, ctx
   pads = list(p["pads"]) + [0] * (4 - len(p["pads"]))  # (W lo, W hi, H lo, H hi)
@@ -1165,7 +1163,7 @@ _OPS_NHWC = {
     "conv": _conv_nhwc,
     "conv2d": _conv_nhwc,
     "batch_norm": _batch_norm_nhwc,
-    "max_pool2d": _max_pool_nhwc,
+    "max_pool2d": lambda a, p, w, c: _max_pool_on(a[0], p, 1),
     "avg_pool2d": lambda a, p, w, c: _avg_pool_on(a[0], p, 1),
     "adaptive_avg_pool2d": _adaptive(jnp.mean, channels_last=True),
     "adaptive_max_pool2d": _adaptive(jnp.max, channels_last=True),
@@ -1181,7 +1179,7 @@ def _runs_nhwc(op, params, weights, inputs, nhwc) -> bool:
   if not inputs or not nhwc[0]:
     return False
   if kind in _ELEMENTWISE:
-    return len(inputs) == 1 and not (kind == "cast" and jnp.ndim(inputs[0]) != 4)
+    return len(inputs) == 1
   if kind in _BINARY_NHWC:
     if "other" in params:
       return len(inputs) == 1 and isinstance(params["other"], (int, float, bool))

@@ -24,6 +24,8 @@ F = torch.nn.functional
 
 from jaxplain import convert, xla_flags  # noqa: E402
 
+from test_convert import _randomise  # noqa: E402
+
 
 class Mixed(nn.Module):
   """Layout-free ops (NHWC) interleaved with ops that need NCHW (indexing, flatten, softmax)."""
@@ -47,16 +49,6 @@ class Mixed(nn.Module):
     h = F.adaptive_avg_pool2d(F.pad(h, (0, 1)), (3, 2))
     h = torch.flip(h, dims=(3,))                          # an op that needs NCHW
     return self.head(torch.cat([torch.flatten(h, 1), torch.softmax(g, dim=1)], dim=1))
-
-
-def _randomise(module):
-  g = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for m in module.modules():
-      if isinstance(m, nn.BatchNorm2d):
-        m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
-        m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-  return module.eval()
 
 
 @pytest.fixture(scope="module")
