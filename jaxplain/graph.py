@@ -1149,8 +1149,8 @@ def _pad_nhwc(a, p, w, ctx):
   del w, ctx
   pads = list(p["pads"]) + [0] * (4 - len(p["pads"]))  # (W lo, W hi, H lo, H hi)
   width = [(0, 0), (pads[2], pads[3]), (pads[0], pads[1]), (0, 0)]
-  if p["mode"] == "constant":
-    return jnp.pad(a[0], width, mode="constant", constant_values=p["value"])
+  if p["mode"] == "constant":  # lax.pad: negative widths crop, as in F.pad
+    return lax.pad(a[0], jnp.asarray(p["value"], a[0].dtype), [(lo, hi, 0) for lo, hi in width])
   return jnp.pad(a[0], width, mode=_SPATIAL_PAD[p["mode"]])
 
 

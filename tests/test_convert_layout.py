@@ -46,7 +46,7 @@ class Mixed(nn.Module):
     h = torch.cat([F.silu(self.left(h)) + h, self.right(h) * 0.5], dim=1)   # 12 channels
     h = self.avg(self.pool(self.bn(h)))
     g = h.mean(dim=(2, 3))                                  # a spatial mean: (N, C) either way
-    h = F.adaptive_avg_pool2d(F.pad(h, (0, 1)), (3, 2))
+    h = F.adaptive_avg_pool2d(F.pad(F.pad(h, (0, 1)), (0, 0, -1, 1), value=0.5), (3, 2))
     h = torch.flip(h, dims=(3,))                          # an op that needs NCHW
     return self.head(torch.cat([torch.flatten(h, 1), torch.softmax(g, dim=1)], dim=1))
 
