@@ -28,7 +28,7 @@ import pathlib
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 ENV = "JAXPLAIN_XLA_FLAGS"
-_NEEDED = (b"xla_cpu_experimental_ynn_fusion_type",)
+_FLAG_NAME = FLAG.strip("-=").encode()  # what jaxlib's library holds when it knows the flag
 
 
 @functools.cache
@@ -42,7 +42,7 @@ def _jaxlib_knows_flag() -> bool:
   for lib in sorted(root.glob("libjax_common*.so")) + sorted(root.glob("xla_extension*.so")):
     try:
       with open(lib, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        return all(m.find(name) >= 0 for name in _NEEDED)
+        return m.find(_FLAG_NAME) >= 0
     except (OSError, ValueError):
       continue
   return False
@@ -70,7 +70,3 @@ def apply_cpu_defaults() -> bool:
   os.environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
   return True
 
-
-def active() -> bool:
-  """Whether ``XLA_FLAGS`` holds jaxplain's flag (for benchmark records)."""
-  return FLAG in os.environ.get("XLA_FLAGS", "").split()
