@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from jax.extend import core as jex_core
 
+from jaxplain import batching
 from jaxplain.models import Classifier, check_images
 
 __all__ = [
@@ -89,7 +90,7 @@ def _layer_shape(classifier: Classifier, layer: str) -> tuple[int, ...]:
   """The activation shape of ``layer`` for one image (no FLOPs: ``eval_shape``)."""
   classifier.check_layer(layer)
   x = jax.ShapeDtypeStruct((1,) + tuple(classifier.input_shape), jnp.float32)
-  return tuple(jax.eval_shape(lambda c, x: c.tapped(layer)(x, None)[1], classifier, x).shape[1:])
+  return tuple(batching.eval_shape(classifier.tapped(layer), x, None)[1].shape[1:])
 
 
 def check_layer(classifier: Classifier, layer: str) -> tuple[int, ...]:

@@ -1125,10 +1125,15 @@ def _conv_nhwc(a, p, w, ctx):
   if p["padding_mode"] != "zeros":
     x = jnp.pad(x, [(0, 0), *pads, (0, 0)], mode=_SPATIAL_PAD[p["padding_mode"]])
     pads = [(0, 0)] * 2
-  y = lax.conv_general_dilated(x, weight, window_strides=p["stride"], padding=pads,
-                               rhs_dilation=p["dilation"],
-                               dimension_numbers=("NHWC", "OIHW", "NHWC"),
-                               feature_group_count=p["groups"], precision=_HI)
+  if p["groups"] == 1 and np.prod(weight.shape[1:]) <= models.IM2COL_MAX_FEATURES:
+    # a stem conv on grayscale or RGB: its input gradient through patches (models.conv_nhwc)
+    y = models.conv_nhwc(x, jnp.transpose(weight, (2, 3, 1, 0)), strides=p["stride"],
+                         padding=pads, dilation=p["dilation"], precision=_HI)
+  else:
+    y = lax.conv_general_dilated(x, weight, window_strides=p["stride"], padding=pads,
+                                 rhs_dilation=p["dilation"],
+                                 dimension_numbers=("NHWC", "OIHW", "NHWC"),
+                                 feature_group_count=p["groups"], precision=_HI)
   return y if bias is None else y + _last(bias)
 
 

@@ -134,3 +134,32 @@ def test_window_max_equals_reduce_window_and_its_gradient(shape, window):
   first = np.zeros(shape)
   first[tuple(slice(0, (d // k) * k, k) for d, k in zip(shape, window))] = 1
   np.testing.assert_array_equal(g, first)
+
+
+@pytest.mark.parametrize("shape, kernel, strides, padding, dilation", [
+    ((2, 12, 12, 1), (3, 3), (1, 1), "SAME", (1, 1)),
+    ((1, 13, 11, 3), (3, 3), (2, 1), ((1, 2), (0, 1)), (2, 2)),
+    ((1, 9, 10, 2), (3, 3), (3, 2), ((-1, 2), (1, 1)), (1, 1)),
+    ((2, 9, 9, 1), (5, 5), (1, 1), "VALID", (1, 1)),
+    ((2, 8, 8, 4), (3, 3), (1, 1), "SAME", (1, 1)),  # 36 features: XLA's own gradient
+])
+def test_conv_nhwc_equals_xla_conv_and_its_derivatives(shape, kernel, strides, padding, dilation):
+  """conv_nhwc (first layers: input gradient through patches) equals lax.conv_general_dilated:
+  values bit for bit, and the VJP (input and kernel), JVP and vmap of its gradient to rounding."""
+  x = jax.random.uniform(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1), kernel + (shape[3], 5))
+  ref = lambda v, k: jax.lax.conv_general_dilated(
+      v, k, strides, padding, rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision="highest")
+  new = lambda v, k: models.conv_nhwc(v, k, strides=strides, padding=padding, dilation=dilation,
+                                      precision="highest")
+  y = ref(x, w)
+  np.testing.assert_array_equal(new(x, w), y)
+  g = jax.random.normal(jax.random.key(2), y.shape)
+  for got, want in zip(jax.vjp(new, x, w)[1](g), jax.vjp(ref, x, w)[1](g)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  t = jax.random.normal(jax.random.key(3), shape)
+  np.testing.assert_allclose(jax.jvp(lambda v: new(v, w), (x,), (t,))[1],
+                             jax.jvp(lambda v: ref(v, w), (x,), (t,))[1], rtol=1e-5, atol=1e-5)
+  grad = lambda f: jax.vmap(jax.grad(lambda v: jnp.sum(jnp.sin(f(v[None], w)))))(x)
+  np.testing.assert_allclose(grad(new), grad(ref), rtol=1e-5, atol=1e-5)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxplain import batching
 from jaxplain.attribution._common import check_call, select
 from jaxplain.models import Classifier
 from jaxplain.attribution.registry import register
@@ -98,7 +99,7 @@ def check_cam_call(classifier, inputs, target, *, layer, interpolate_mode, name:
     raise ValueError(f"`interpolate_mode` must be one of {INTERPOLATE_MODES}, "
                      f"got {interpolate_mode!r}")
   _, inputs, target = check_call(classifier.forward, inputs, target)
-  _, act = jax.eval_shape(classifier.tapped(layer), inputs, None)
+  _, act = batching.eval_shape(classifier.tapped(layer), inputs, None)
   if len(act.shape) != 4:
     raise ValueError(f"`layer` {layer!r} has activations of shape {tuple(act.shape)}; {name} "
                      "needs a spatial (N, h, w, C) layer")

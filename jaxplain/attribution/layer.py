@@ -45,7 +45,7 @@ def _check(classifier, inputs, target, layer, interpolate_mode):
     raise ValueError(f"`interpolate_mode` must be None or one of {INTERPOLATE_MODES}, "
                      f"got {interpolate_mode!r}")
   _, inputs, target = check_call(classifier.forward, inputs, target)
-  _, act = jax.eval_shape(classifier.tapped(layer), inputs, None)
+  _, act = batching.eval_shape(classifier.tapped(layer), inputs, None)
   if interpolate_mode is not None and len(act.shape) != 4:
     raise ValueError(f"`interpolate_mode` needs a spatial (N, h, w, C) layer; {layer!r} has "
                      f"activations of shape {tuple(act.shape)} (pass interpolate_mode=None)")

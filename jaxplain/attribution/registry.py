@@ -22,6 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxplain import batching
+
 __all__ = ["KINDS", "Method", "default_layer", "get", "names", "register"]
 
 KINDS = ("gradient", "path", "perturbation", "layer", "modified-backward")
@@ -111,7 +113,7 @@ def default_layer(classifier) -> str:
   side = max(2, min(classifier.input_shape[:2]) // 8)
   best = None
   for layer in classifier.layer_names:
-    shape = jax.eval_shape(classifier.tapped(layer), x, None)[1].shape
+    shape = batching.eval_shape(classifier.tapped(layer), x, None)[1].shape
     if len(shape) == 4 and min(shape[1:3]) >= side:
       best = layer
   if best is None:

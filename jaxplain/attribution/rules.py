@@ -178,18 +178,20 @@ def _split(j):
   return (j.jaxpr, j.consts) if hasattr(j, "consts") else (j, ())
 
 
-def _holds_activation(jaxpr) -> bool:
+def _holds_rule_op(jaxpr) -> bool:
+  """Whether ``jaxpr`` holds an operation a rule may replace: an activation, a max pool or a
+  linear layer (such as :func:`jaxplain.models.conv_nhwc`'s ``custom_jvp`` conv)."""
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name in ("max", "logistic", "tanh", "reduce_window_max"):
+    if eqn.primitive.name in ("max", "logistic", "tanh", "reduce_window_max") + _LINEAR:
       return True
     sub = _sub_jaxpr(eqn)
-    if sub is not None and _holds_activation(_split(sub)[0]):
+    if sub is not None and _holds_rule_op(_split(sub)[0]):
       return True
   return False
 
 
 def _inline(jaxpr, consts, args):
-  """Evaluates ``jaxpr``, inlining calls (and ``custom_jvp`` calls holding activations)."""
+  """Evaluates ``jaxpr``, inlining calls (and ``custom_jvp`` calls holding rule operations)."""
   env = {}
 
   def read(v):
@@ -201,7 +203,7 @@ def _inline(jaxpr, consts, args):
     sub = _sub_jaxpr(eqn)
     name = eqn.primitive.name
     if sub is not None and name in _CALLS and (name != "custom_jvp_call" or
-                                               _holds_activation(_split(sub)[0])):
+                                               _holds_rule_op(_split(sub)[0])):
       inner, inner_consts = _split(sub)
       invals = [read(v) for v in eqn.invars]
       out = _inline(inner, inner_consts, invals[len(invals) - len(inner.invars):])
