@@ -31,7 +31,8 @@ from jax import lax
 from jaxplain.data import CLASS_NAMES
 
 __all__ = ["CNN", "Classifier", "check_images", "classifier", "cnn_inference",
-           "declare_input_range", "fold_batchnorm", "guided_relu", "input_range", "max_pool_2x2"]
+           "conv_nhwc", "declare_input_range", "fold_batchnorm", "guided_relu", "input_range",
+           "max_pool_2x2", "BatchNorm"]
 
 
 @jax.custom_vjp
@@ -76,6 +77,93 @@ class _Tap:
     return logits, self.value
 
 
+def _column_sums(a):
+  """Sums over the rows of ``a`` (M, C), blocks of up to 32 rows first.
+
+  XLA:CPU splits one long reduction into a reduce-window over the whole activation for accuracy,
+  which it runs slowly (~20 ms for one 128×48×48×32 activation); summing blocks of 32 rows first
+  keeps the same pairwise accuracy and turns the long reduction into a short one.
+  """
+  m, c = a.shape
+  k = 32
+  while m % k:
+    k //= 2
+  return jnp.sum(jnp.sum(a.reshape(m // k, k, c), axis=1), axis=0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm_train(x, scale, bias, epsilon):
+  return _batch_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _channels(v, ndim):
+  """A per-channel vector shaped to broadcast over the last axis of an ``ndim`` array."""
+  return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon):
+  c, ch = x.shape[-1], functools.partial(_channels, ndim=x.ndim)
+  flat = x.reshape(-1, c)
+  sums = _column_sums(jnp.concatenate([flat, flat * flat], axis=1)) / flat.shape[0]
+  mean, var = sums[:c], jnp.maximum(sums[c:] - sums[:c] ** 2, 0)  # Flax's fast variance
+  inv = lax.rsqrt(var + epsilon)
+  y = (x - ch(mean)) * ch(inv * scale) + ch(bias)
+  return (y, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_bwd(epsilon, res, cotangents):
+  del epsilon
+  x, mean, inv, scale = res
+  g, g_mean, g_var = cotangents
+  c, ch = x.shape[-1], functools.partial(_channels, ndim=x.ndim)
+  m = x.size // c
+  centred = x - ch(mean)
+  xhat = centred * ch(inv)
+  sums = _column_sums(jnp.concatenate([g.reshape(-1, c), (g * xhat).reshape(-1, c)], axis=1))
+  d_bias, d_scale = sums[:c], sums[c:]
+  dx = (ch(scale * inv) * (g - (ch(d_bias) + xhat * ch(d_scale)) / m)
+        + (ch(g_mean) + 2 * ch(g_var) * centred) / m)
+  return dx, d_scale, d_bias
+
+
+_batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+class BatchNorm(nn.Module):
+  """``flax.linen.BatchNorm`` over the last axis (same variables, statistics and outputs, to
+  rounding), whose train-mode statistics and backward pass avoid XLA:CPU's slow long reductions
+  (:func:`_column_sums`): a training step of the shipped CNN at batch 128 runs about 10% faster.
+
+  Attributes:
+    use_running_average: normalise with the stored statistics (eval) instead of the batch's.
+    momentum: running-average decay.
+    epsilon: added to the variance.
+  """
+
+  use_running_average: bool = False
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    scale = jnp.asarray(self.param("scale", nn.initializers.ones, (c,), jnp.float32), dtype)
+    bias = jnp.asarray(self.param("bias", nn.initializers.zeros, (c,), jnp.float32), dtype)
+    x = jnp.asarray(x, dtype)
+    if self.use_running_average:
+      mean, var = (jnp.asarray(v.value, dtype) for v in (ra_mean, ra_var))
+      return ((x - _channels(mean, x.ndim)) * _channels(lax.rsqrt(var + self.epsilon) * scale,
+                                                         x.ndim) + _channels(bias, x.ndim))
+    y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
+
+
 class CNN(nn.Module):
   """A VGG-style CNN for 48×48 faces: stages of 3×3 conv + BatchNorm + ReLU, max-pooled.
 
@@ -114,7 +202,7 @@ class CNN(nn.Module):
     for s, (width, depth) in enumerate(zip(self.widths, self.depths), start=1):
       for i in range(1, depth + 1):
         x = nn.Conv(width, (3, 3), use_bias=False, name=f"conv{s}_{i}_conv")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"conv{s}_{i}_bn")(x)
+        x = BatchNorm(use_running_average=not train, momentum=0.9, name=f"conv{s}_{i}_bn")(x)
         x = mark(f"conv{s}_{i}", relu(x))
       x = mark(f"pool{s}", max_pool_2x2(x))  # custom gradient: no select_and_scatter
     x = mark("features", jnp.mean(x, axis=(1, 2)))

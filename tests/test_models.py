@@ -163,3 +163,38 @@ def test_conv_nhwc_equals_xla_conv_and_its_derivatives(shape, kernel, strides, p
                              jax.jvp(lambda v: ref(v, w), (x,), (t,))[1], rtol=1e-5, atol=1e-5)
   grad = lambda f: jax.vmap(jax.grad(lambda v: jnp.sum(jnp.sin(f(v[None], w)))))(x)
   np.testing.assert_allclose(grad(new), grad(ref), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 6, 3), (3, 5, 7, 8)])
+def test_batch_norm_equals_flax_batch_norm(shape):
+  """models.BatchNorm (sums in blocks, custom backward) against flax.linen.BatchNorm in float64:
+  outputs, running statistics and gradients (inputs, scale, bias) in train and eval mode; and its
+  custom VJP against autodiff of the plain formula, the statistics' cotangents included."""
+  from flax import linen as nn
+  with jax.enable_x64(True):
+    x = 2.0 + jax.random.normal(jax.random.key(0), shape, jnp.float64)
+    w = jax.random.normal(jax.random.key(3), shape, jnp.float64)
+    params = {"scale": jnp.linspace(0.5, 1.5, shape[-1]), "bias": jnp.linspace(-1, 1, shape[-1])}
+    stats = {"mean": jnp.linspace(0, 1, shape[-1]), "var": jnp.linspace(1, 2, shape[-1])}
+    for train in (True, False):
+      def loss(module, p, v):
+        y, updates = module.apply({"params": p, "batch_stats": stats}, v, mutable=["batch_stats"])
+        return jnp.sum(w * jnp.sin(y)), updates
+      grad = lambda m: jax.value_and_grad(loss, (1, 2), has_aux=True)(m, params, x)  # noqa: E731
+      want = grad(nn.BatchNorm(use_running_average=not train, momentum=0.9))
+      got = grad(models.BatchNorm(use_running_average=not train, momentum=0.9))
+      for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+    def plain(v, s, b):
+      mean = jnp.mean(v, axis=(0, 1, 2))
+      var = jnp.mean(v * v, axis=(0, 1, 2)) - mean ** 2
+      return (v - mean[None, None, None]) * (jax.lax.rsqrt(var + 1e-5) * s)[None, None, None] \
+          + b[None, None, None], mean, var
+
+    total = lambda f: lambda *a: sum(jnp.sum(jnp.cos(o)) for o in f(*a))  # noqa: E731
+    ours = lambda v, s, b: models._batch_norm_train(v, s, b, 1e-5)  # noqa: E731
+    args = (x, params["scale"], params["bias"])
+    for a, b in zip(jax.grad(total(ours), (0, 1, 2))(*args),
+                    jax.grad(total(plain), (0, 1, 2))(*args)):
+      np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
