@@ -256,13 +256,13 @@ def max_pool_2x2(x):
   return _max_pool_2x2(x[:, :h - h % 2, :w - w % 2])
 
 
-def _first_max_mask(windows):
-  """Where each (.., 2, .., 2, ..) window of ``windows`` has its first maximum."""
-  top = windows.max(axis=(2, 4), keepdims=True)
-  order = (2 * lax.broadcasted_iota(jnp.int32, windows.shape, 2)
-           + lax.broadcasted_iota(jnp.int32, windows.shape, 4))
-  first = jnp.min(jnp.where(windows == top, order, 4), axis=(2, 4), keepdims=True)
-  return order == first
+def _first_max_index(x):
+  """For each 2×2 window of ``x`` (NHWC, even sides): its maximum and the row-major position
+  (0..3, int8) of its first maximum, from four strided views in one elementwise pass."""
+  a, b, c, d = (x[:, i::2, j::2] for i in (0, 1) for j in (0, 1))
+  top = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+  first = jnp.where(a == top, 0, jnp.where(b == top, 1, jnp.where(c == top, 2, 3)))
+  return top, first.astype(jnp.int8)
 
 
 @jax.custom_jvp
@@ -273,12 +273,17 @@ def _max_pool_2x2(x):
 
 @_max_pool_2x2.defjvp
 def _max_pool_2x2_jvp(primals, tangents):
+  # The backward pass keeps the int8 position of each window's first maximum (a quarter of the
+  # bytes of a full-size boolean mask) and selects with it, without a reduction over x.
   (x,), (t,) = primals, tangents
   n, h, w, c = x.shape
   windows = (n, h // 2, 2, w // 2, 2, c)
-  mask = _first_max_mask(x.reshape(windows))
+  top, first = _first_max_index(x)
+  order = (2 * lax.broadcasted_iota(jnp.int8, windows, 2)
+           + lax.broadcasted_iota(jnp.int8, windows, 4))
   t = t.reshape(windows)
-  return _max_pool_2x2(x), jnp.sum(jnp.where(mask, t, jnp.zeros_like(t)), axis=(2, 4))
+  picked = jnp.where(order == first[:, :, None, :, None, :], t, jnp.zeros_like(t))
+  return top, jnp.sum(picked, axis=(2, 4))
 
 
 def window_max(x, window):
