@@ -405,7 +405,8 @@ def _use_compilation_cache() -> None:
   """Keeps compiled programs on disk between runs (JAX's persistent compilation cache), so a
   second ``jaxplain report`` skips most of its compiles. ``$JAXPLAIN_COMPILATION_CACHE`` names
   the folder (default ``~/.cache/jaxplain/xla``; ``off`` turns it off); a cache folder the
-  caller already configured is left as it is."""
+  caller already configured is left as it is. Programs that compiled in under 0.5 s are not
+  kept, unless ``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise."""
   import os
   import pathlib
 
@@ -420,7 +421,8 @@ def _use_compilation_cache() -> None:
     log.debug(f"no compilation cache at {path}: {e}")
     return
   jax.config.update("jax_compilation_cache_dir", str(path))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own setting wins
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def main(argv=None) -> int:

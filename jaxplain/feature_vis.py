@@ -4,7 +4,7 @@
 :class:`~jaxplain.models.Classifier` (jaxplain's CNN and converted PyTorch models alike: both
 follow the ``apply_fn(..., tap=layer)`` contract). :func:`maximize_activation` finds, by
 gradient ascent on the input, an image that excites each requested filter: one optax
-optimisation per filter, all of them vmapped inside one compiled ``lax.scan``, with the
+optimisation per filter, all of them vmapped (a host loop over one compiled step), with the
 regularisers of Lucid / Lucent (L2 decay, total variation, random jitter, periodic blur, a
 sigmoid- or clip-bounded pixel range, and the decorrelated Fourier parameterisation), and a
 jitter-free polish phase at the end that keeps the best iterate, so that the image returned
@@ -396,13 +396,21 @@ def _through_last_relu(forward, x):
   return jax.tree_util.tree_unflatten(traced.out_tree, out)
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "layer", "steps", "optimizer", "neuron", "fourier", "pixel_range", "decay_power", "l2",
-    "tv", "jitter", "polish_steps", "blur_every", "blur_sigma", "init_scale", "restarts",
-    "warmup_steps", "vertex_steps", "batch_size"))
-def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron, fourier,
-              pixel_range, decay_power, l2, tv, jitter, polish_steps, blur_every, blur_sigma,
-              init_scale, restarts, warmup_steps, vertex_steps, batch_size):
+_STATIC = ("layer", "steps", "optimizer", "neuron", "fourier", "pixel_range", "decay_power", "l2",
+           "tv", "jitter", "polish_steps", "blur_every", "blur_sigma", "init_scale", "restarts",
+           "warmup_steps", "vertex_steps")
+
+
+def _ascent(classifier, *, layer, steps, optimizer, neuron, fourier, pixel_range, decay_power,
+            l2, tv, jitter, polish_steps, blur_every, blur_sigma, init_scale, restarts,
+            warmup_steps, vertex_steps):
+  """One filter's ascent in three pure pieces, for :func:`_maximize` (one ``lax.scan``) and
+  :func:`_maximize_host` (a host loop over compiled steps):
+
+  * ``begin(f, k, x0, offset) -> (carry, step_keys, p0)``: the start and its optimizer state;
+  * ``step(carry, i, ki, f) -> (carry, value)``: update ``i`` with key ``ki``;
+  * ``end(carry, f, p0) -> (image, start_image, value)``: the kept image, after the vertex walk.
+  """
   shape = tuple(classifier.input_shape)
   h, w, _ = shape
   scale_np = _spectrum_scale(h, w, decay_power)
@@ -447,8 +455,7 @@ def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron
       return _blur_fft(p, shape, blur_sigma)
     return _blur_pixels(p, blur_sigma)
 
-  def optimize_one(args):
-    f, k, x0, offset = args
+  def begin(f, k, x0, offset):
     k_init, k_steps = jax.random.split(k)
     if x0 is None:  # pre-squash start ~ N(offset, init_scale) in pixel space, in every basis
       noise = init_scale * jax.random.normal(k_init, shape, jnp.float32) + offset
@@ -463,43 +470,43 @@ def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron
       p0 = from_image(x0)
     if pixel_range == "clip" and not fourier:
       p0 = jnp.clip(p0, 0.0, 1.0)
-
-    polish_from = steps - polish_steps
-
-    def gradient(p, ki, jittered):
-      (_, value), g = jax.value_and_grad(loss, has_aux=True)(p, f, ki, jittered)
-      return value, g
-
-    def warm_gradient(p, ki, jittered):
-      value, g = gradient(p, ki, jittered)
-      off = value == 0  # a ReLU'd unit off at every position: its gradient is zero too
-      g_st = jax.grad(lambda q: loss(q, f, ki, jittered, surrogate=True)[0])(p)
-      return value, jax.tree.map(lambda a, b: jnp.where(off, b, a), g, g_st)
-
-    def step(carry, inputs):
-      p, opt_state, best, best_value = carry
-      i, ki = inputs
-      polishing = i >= polish_from
-      if warmup_steps:
-        value, g = jax.lax.cond(i < warmup_steps, warm_gradient, gradient, p, ki, ~polishing)
-      else:
-        value, g = gradient(p, ki, ~polishing)
-      # While polishing, `value` is the objective of `p` itself (no jitter): keep the best.
-      better = polishing & (value > best_value)
-      best = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best)
-      best_value = jnp.where(better, value, best_value)
-      updates, opt_state = optimizer.update(g, opt_state, p)
-      p = optax.apply_updates(p, updates)
-      if blur_every:
-        p = jax.lax.cond((i + 1) % blur_every == 0, blur, lambda q: q, p)
-      if pixel_range == "clip" and not fourier:
-        p = jnp.clip(p, 0.0, 1.0)
-      return (p, opt_state, best, best_value), value
-
     value_dtype = jax.eval_shape(objective, to_image(p0), f).dtype
     carry = (p0, optimizer.init(p0), p0, jnp.full((), -jnp.inf, value_dtype))
-    (p, _, best, best_value), trace = jax.lax.scan(
-        step, carry, (jnp.arange(steps), jax.random.split(k_steps, steps)))
+    return carry, jax.random.split(k_steps, steps), p0
+
+  polish_from = steps - polish_steps
+
+  def gradient(p, f, ki, jittered):
+    (_, value), g = jax.value_and_grad(loss, has_aux=True)(p, f, ki, jittered)
+    return value, g
+
+  def warm_gradient(p, f, ki, jittered):
+    value, g = gradient(p, f, ki, jittered)
+    off = value == 0  # a ReLU'd unit off at every position: its gradient is zero too
+    g_st = jax.grad(lambda q: loss(q, f, ki, jittered, surrogate=True)[0])(p)
+    return value, jax.tree.map(lambda a, b: jnp.where(off, b, a), g, g_st)
+
+  def step(carry, i, ki, f):
+    p, opt_state, best, best_value = carry
+    polishing = i >= polish_from
+    if warmup_steps:
+      value, g = jax.lax.cond(i < warmup_steps, warm_gradient, gradient, p, f, ki, ~polishing)
+    else:
+      value, g = gradient(p, f, ki, ~polishing)
+    # While polishing, `value` is the objective of `p` itself (no jitter): keep the best.
+    better = polishing & (value > best_value)
+    best = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best)
+    best_value = jnp.where(better, value, best_value)
+    updates, opt_state = optimizer.update(g, opt_state, p)
+    p = optax.apply_updates(p, updates)
+    if blur_every:
+      p = jax.lax.cond((i + 1) % blur_every == 0, blur, lambda q: q, p)
+    if pixel_range == "clip" and not fourier:
+      p = jnp.clip(p, 0.0, 1.0)
+    return (p, opt_state, best, best_value), value
+
+  def end(carry, f, p0):
+    p, _, best, best_value = carry
     if polish_steps or restarts > 1 or vertex_steps:  # the last update was never measured
       final = objective(to_image(p), f)
       p, best_value = jnp.where(final >= best_value, p, best), jnp.maximum(final, best_value)
@@ -507,24 +514,99 @@ def _maximize(classifier, filters, key, init, *, layer, steps, optimizer, neuron
     if vertex_steps:
       image, best_value = _vertex_walk(lambda x: objective(x, f), image, best_value,
                                        vertex_steps)
-    return image, trace, to_image(p0), best_value
+    return image, to_image(p0), best_value
 
-  # Restart r of filter f: key fold_in(fold_in(key, f), r) (r = 0: fold_in(key, f) alone, so
-  # one restart gives what it always gave), start brightness _RESTART_OFFSETS[r].
+  return begin, step, end
+
+
+def _runs(filters, key, init, restarts):
+  """Every (filter, restart) run's arguments ``(filter, key, init, offset)``, filter-major.
+
+  Restart r of filter f: key fold_in(fold_in(key, f), r) (r = 0: fold_in(key, f) alone, so one
+  restart gives what it always gave), start brightness _RESTART_OFFSETS[r].
+  """
   n = filters.shape[0]
   keys = jax.vmap(lambda f: jax.random.fold_in(key, f))(filters)
   keys = jnp.stack([keys] + [jax.vmap(lambda k, r=r: jax.random.fold_in(k, r))(keys)
                              for r in range(1, restarts)], 1).reshape(n * restarts)
   offsets = jnp.tile(jnp.asarray(_RESTART_OFFSETS[:restarts], jnp.float32), n)
   repeat = lambda a: None if a is None else jnp.repeat(a, restarts, axis=0)  # noqa: E731
-  args = (repeat(filters), keys, repeat(init),
+  return (repeat(filters), keys, repeat(init),
           offsets if init is None else jnp.zeros_like(offsets))
-  if batch_size is None:
-    images, trace, start, value = jax.vmap(optimize_one)(args)
-  else:
-    images, trace, start, value = jax.lax.map(optimize_one, args, batch_size=batch_size)
-  pick = jnp.arange(n) * restarts + jnp.argmax(value.reshape(n, restarts), axis=1)
+
+
+def _best_restart(images, trace, start, value, restarts):
+  """The :class:`Visualization` of each filter's best restart (``trace``: (runs, steps))."""
+  pick = jnp.arange(value.shape[0] // restarts) * restarts + jnp.argmax(
+      value.reshape(-1, restarts), axis=1)
   return Visualization(images[pick], trace[pick].T, start[pick])
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("batch_size",))
+def _maximize(classifier, filters, key, init, *, batch_size, **config):
+  """The whole ascent as one program (a ``lax.scan`` over the steps): for calls under a trace."""
+  begin, step, end = _ascent(classifier, **config)
+
+  def optimize_one(args):
+    f, k, x0, offset = args
+    carry, step_keys, p0 = begin(f, k, x0, offset)
+    carry, trace = jax.lax.scan(lambda c, a: step(c, a[0], a[1], f), carry,
+                                (jnp.arange(config["steps"]), step_keys))
+    image, start, value = end(carry, f, p0)
+    return image, trace, start, value
+
+  args = _runs(filters, key, init, config["restarts"])
+  if batch_size is None:
+    out = jax.vmap(optimize_one)(args)
+  else:
+    out = jax.lax.map(optimize_one, args, batch_size=batch_size)
+  return _best_restart(*out, config["restarts"])
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _host_begin(classifier, args, **config):
+  return jax.vmap(_ascent(classifier, **config)[0])(*args)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _host_step(classifier, carry, i, step_keys, filters, **config):
+  step = _ascent(classifier, **config)[1]
+  return jax.vmap(step, in_axes=(0, None, 0, 0))(carry, i, step_keys[:, i], filters)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _host_end(classifier, carry, filters, p0, **config):
+  return jax.vmap(_ascent(classifier, **config)[2])(carry, filters, p0)
+
+
+def _maximize_host(classifier, filters, key, init, *, batch_size, **config):
+  """:func:`_maximize` as a host loop over compiled steps, the same arithmetic run by run.
+
+  XLA:CPU runs convolutions inside a loop body (``lax.scan``) 2–3× slower than the same
+  convolutions in a program of their own, and a step costs far more than a call's dispatch;
+  so, called outside a trace, the steps are called from Python. ``batch_size`` runs that many
+  (filter, restart) runs at a time, the last chunk padded by repeating its first run.
+  """
+  args = _runs(jnp.asarray(filters), key, init, config["restarts"])
+  runs = args[0].shape[0]
+  size = runs if batch_size is None else min(batch_size, runs)
+  outs = []
+  for lo in range(0, runs, size):
+    part = [None if a is None else a[lo:lo + size] for a in args]
+    short = size - part[0].shape[0]
+    if short:
+      part = [None if a is None else jnp.concatenate([a, jnp.repeat(a[:1], short, 0)])
+              for a in part]
+    carry, step_keys, p0 = _host_begin(classifier, tuple(part), **config)
+    values = []
+    for i in range(config["steps"]):
+      carry, value = _host_step(classifier, carry, np.int32(i), step_keys, part[0], **config)
+      values.append(value)
+    image, start, value = _host_end(classifier, carry, part[0], p0, **config)
+    keep = size - short
+    outs.append((image[:keep], jnp.stack(values, 1)[:keep], start[:keep], value[:keep]))
+  out = [jnp.concatenate(o) if len(outs) > 1 else o[0] for o in zip(*outs)]
+  return _best_restart(*out, config["restarts"])
 
 
 def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[int] | int, *,
@@ -542,8 +624,10 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
 
   Each filter gets its own optimisation (its own optimizer state, its own random start and
   jitter drawn from ``fold_in(key, filter)``, so a filter's image does not depend on which
-  other filters are requested); all of them run at once, vmapped, in one compiled
-  ``lax.scan`` of ``steps`` optax updates. The loss of filter ``f`` on image ``x`` is::
+  other filters are requested); all of them run at once, vmapped, ``steps`` optax updates:
+  called with concrete arrays, a Python loop over one compiled step (XLA:CPU runs convolutions
+  inside a ``lax.scan`` 2–3× slower); under ``jax.jit``, one ``lax.scan``. The loss of filter
+  ``f`` on image ``x`` is::
 
       -objective_f(jitter(x)) + l2 * mean((x - 0.5)²) + tv * TV(x)
 
@@ -673,16 +757,16 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
     if init.shape[0] != filters_np.size:
       raise ValueError(f"`init` has {init.shape[0]} images, `filters` {filters_np.size}")
     init = jnp.asarray(init, jnp.float32)
-  return _maximize(classifier, jnp.asarray(filters_np, jnp.int32), key, init, layer=layer,
-                   steps=int(steps), optimizer=optimizer or _default_optimizer(0.05),
-                   neuron=neuron, fourier=bool(fourier), pixel_range=pixel_range,
-                   decay_power=float(decay_power), l2=float(l2), tv=float(tv),
-                   jitter=int(jitter), polish_steps=int(polish_steps),
-                   blur_every=int(blur_every), blur_sigma=float(blur_sigma),
-                   init_scale=float(init_scale), restarts=int(restarts),
-                   warmup_steps=min(int(warmup_steps), int(steps)),
-                   vertex_steps=int(vertex_steps),
-                   batch_size=None if batch_size is None else int(batch_size))
+  traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((classifier, key,
+                                                                                init)))
+  return (_maximize if traced else _maximize_host)(
+      classifier, jnp.asarray(filters_np, jnp.int32), key, init, layer=layer, steps=int(steps),
+      optimizer=optimizer or _default_optimizer(0.05), neuron=neuron, fourier=bool(fourier),
+      pixel_range=pixel_range, decay_power=float(decay_power), l2=float(l2), tv=float(tv),
+      jitter=int(jitter), polish_steps=int(polish_steps), blur_every=int(blur_every),
+      blur_sigma=float(blur_sigma), init_scale=float(init_scale), restarts=int(restarts),
+      warmup_steps=min(int(warmup_steps), int(steps)), vertex_steps=int(vertex_steps),
+      batch_size=None if batch_size is None else int(batch_size))
 
 
 def maximize_filters(classifier: Classifier, layer: str, filters: Sequence[int] | int, *,

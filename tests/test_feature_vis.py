@@ -310,10 +310,10 @@ def test_jit_and_no_recompile(clf, key):
   np.testing.assert_allclose(out.images, eager.images, atol=1e-5)
   # New weights and other filters of the same count reuse the compiled loop (no cache clearing:
   # the tests after this one keep their compilations).
-  size = fv._maximize._cache_size()
+  size = fv._host_step._cache_size()
   other = jax.tree.map(lambda v: v * 1.01, clf)
   fv.maximize_activation(other, LAYER, (4, 5), key=key, **kw)
-  assert fv._maximize._cache_size() == size
+  assert fv._host_step._cache_size() == size
 
 
 def test_init_images_are_the_start(clf, key, faces):
