@@ -355,8 +355,7 @@ def _vertex_walk(objective, image, value, steps):
     better = values[i] > best[1]
     return jnp.where(better, candidates[i], best[0]), jnp.where(better, values[i], best[1])
 
-  # The three fixed candidates in one batched pass, the moves in a loop: one copy of the
-  # network's forward and backward in the compiled program each.
+  # The three fixed candidates in one batched pass, then the moves.
   fixed = jnp.stack([image > 0.5, jnp.zeros_like(image, bool), jnp.ones_like(image, bool)])
   fixed = fixed.astype(image.dtype)
   best = keep((image, value), fixed, jax.vmap(objective)(fixed))
@@ -366,7 +365,9 @@ def _vertex_walk(objective, image, value, steps):
     candidate = jnp.where(g > 0, 1.0, jnp.where(g < 0, 0.0, best[0])).astype(image.dtype)
     return keep(best, candidate[None], objective(candidate)[None])
 
-  return jax.lax.fori_loop(0, steps, move, best)
+  for i in range(steps):  # written out: XLA:CPU runs a loop body's convolutions 2-3x slower
+    best = move(i, best)
+  return best
 
 
 def _through_last_relu(forward, x):
@@ -486,21 +487,34 @@ def _ascent(classifier, *, layer, steps, optimizer, neuron, fourier, pixel_range
     g_st = jax.grad(lambda q: loss(q, f, ki, jittered, surrogate=True)[0])(p)
     return value, jax.tree.map(lambda a, b: jnp.where(off, b, a), g, g_st)
 
-  def step(carry, i, ki, f):
+  def phase(i):
+    """Step ``i``'s (warm-up, polishing, blur) flags: Python bools for an int ``i``."""
+    return i < warmup_steps, i >= polish_from, blur_every and (i + 1) % blur_every == 0
+
+  def step(carry, i, ki, f, flags=None):
+    # ``flags``: step i's phase(i) as Python bools (the host loop compiles one step per phase,
+    # since XLA:CPU runs a ``lax.cond`` branch's convolutions as slowly as a loop body's);
+    # None: decided on the traced ``i`` (inside the scan).
     p, opt_state, best, best_value = carry
-    polishing = i >= polish_from
-    if warmup_steps:
-      value, g = jax.lax.cond(i < warmup_steps, warm_gradient, gradient, p, f, ki, ~polishing)
+    if flags is None:
+      warm, polishing, blurring = phase(i)
+      if warmup_steps:
+        value, g = jax.lax.cond(warm, warm_gradient, gradient, p, f, ki, ~polishing)
+      else:
+        value, g = gradient(p, f, ki, ~polishing)
     else:
-      value, g = gradient(p, f, ki, ~polishing)
+      warm, polishing, blurring = flags
+      value, g = (warm_gradient if warm else gradient)(p, f, ki, not polishing)
     # While polishing, `value` is the objective of `p` itself (no jitter): keep the best.
-    better = polishing & (value > best_value)
+    better = jnp.logical_and(polishing, value > best_value)
     best = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best)
     best_value = jnp.where(better, value, best_value)
     updates, opt_state = optimizer.update(g, opt_state, p)
     p = optax.apply_updates(p, updates)
-    if blur_every:
-      p = jax.lax.cond((i + 1) % blur_every == 0, blur, lambda q: q, p)
+    if blur_every and flags is None:
+      p = jax.lax.cond(blurring, blur, lambda q: q, p)
+    elif blurring:
+      p = blur(p)
     if pixel_range == "clip" and not fourier:
       p = jnp.clip(p, 0.0, 1.0)
     return (p, opt_state, best, best_value), value
@@ -516,6 +530,7 @@ def _ascent(classifier, *, layer, steps, optimizer, neuron, fourier, pixel_range
                                        vertex_steps)
     return image, to_image(p0), best_value
 
+  step.phase = phase
   return begin, step, end
 
 
@@ -568,10 +583,10 @@ def _host_begin(classifier, args, **config):
   return jax.vmap(_ascent(classifier, **config)[0])(*args)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _host_step(classifier, carry, i, step_keys, filters, **config):
+@functools.partial(jax.jit, static_argnames=_STATIC + ("flags",))
+def _host_step(classifier, carry, i, step_keys, filters, *, flags, **config):
   step = _ascent(classifier, **config)[1]
-  return jax.vmap(step, in_axes=(0, None, 0, 0))(carry, i, step_keys[:, i], filters)
+  return jax.vmap(lambda c, k, f: step(c, i, k, f, flags))(carry, step_keys[:, i], filters)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -598,9 +613,12 @@ def _maximize_host(classifier, filters, key, init, *, batch_size, **config):
       part = [None if a is None else jnp.concatenate([a, jnp.repeat(a[:1], short, 0)])
               for a in part]
     carry, step_keys, p0 = _host_begin(classifier, tuple(part), **config)
+    phase = _ascent(classifier, **config)[1].phase
     values = []
     for i in range(config["steps"]):
-      carry, value = _host_step(classifier, carry, np.int32(i), step_keys, part[0], **config)
+      flags = tuple(bool(v) for v in phase(i))
+      carry, value = _host_step(classifier, carry, np.int32(i), step_keys, part[0], flags=flags,
+                                **config)
       values.append(value)
     image, start, value = _host_end(classifier, carry, part[0], p0, **config)
     keep = size - short
