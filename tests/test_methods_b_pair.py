@@ -105,6 +105,31 @@ def test_guided_ig_matches_pair(tiny_classifier, face_batch, monkeypatch):
   assert err <= 1e-6, err
 
 
+def test_guided_ig_float32_terminates_on_the_shipped_cnn():
+  """In float32 the L1 target can stay unmet by rounding after every feature reached its bound;
+  PAIR's inner loop (and ours, before a guard) then repeated forever on the shipped CNN's faces.
+  Run in a subprocess, so a regression fails on its timeout instead of hanging the suite."""
+  import json
+  import subprocess
+  import sys
+  import textwrap
+  script = textwrap.dedent("""
+      import json, jax, jax.numpy as jnp, numpy as np, jaxplain
+      from jaxplain import attribution as A, data
+      clf = jaxplain.load_classifier(jaxplain.shipped_checkpoint())
+      faces = data.sample_faces()
+      x = jnp.asarray(data.to_float(faces.images[:4]))
+      t = jnp.asarray(faces.labels[:4], jnp.int32)
+      attr = jax.block_until_ready(A.guided_ig(clf.forward, x, t, steps=5))
+      print(json.dumps({"finite": bool(jnp.isfinite(attr).all()),
+                        "nonzero": bool(jnp.abs(attr).max() > 0)}))
+  """)
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       check=True, timeout=300)
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result == {"finite": True, "nonzero": True}
+
+
 @pytest.mark.parametrize("count", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_xrai_matches_pair(tiny_classifier, face_batch, count):
   x, t = face_batch

@@ -164,7 +164,11 @@ def _guided_ig_step(x, grad_actual, x_in, x_base, alpha_min, alpha_max, l1_targe
     moved = jnp.where(gamma > 1, jnp.where(s, x_max, x), jnp.where(s, x + (x_max - x) * gamma, x))
     x_new = jnp.where(close, x, moved)
     attr = attr + (x_new - x_old) * grad_actual
-    return x_new, attr, grad, gamma, close
+    # No selectable feature left (every one at x_max, or the rest not finite) while the L1
+    # target is not met to PAIR's 1e-9: nothing can move any more, and PAIR's own loop would
+    # repeat forever (float32 sums miss that tolerance where float64 ones meet it).
+    stuck = l1_s == 0
+    return x_new, attr, grad, gamma, close | stuck
 
   state = (x, jnp.zeros_like(x), grad_actual, inf, jnp.asarray(False))
   x, attr, _, _, _ = jax.lax.while_loop(cond, body, state)
