@@ -101,8 +101,12 @@ def test_guided_ig_matches_pair(tiny_classifier, face_batch, monkeypatch):
         np.asarray(xi, np.float64), call_model_function(clf.forward, int(ti), "float64"),
         x_baseline=np.asarray(bi, np.float64), x_steps=16, fraction=0.3, max_dist=0.1)
         for xi, bi, ti in zip(x, base, t)])
+    traced = jax.jit(A.guided_ig, static_argnames=("steps", "fraction", "max_dist"))(
+        clf.forward, jnp.asarray(x, jnp.float64), t, baselines=jnp.asarray(base, jnp.float64),
+        steps=16, fraction=0.3, max_dist=0.1)  # one fori_loop instead of the host loop
   err = _rel(ours, ref)
   assert err <= 1e-6, err
+  np.testing.assert_allclose(traced, ours, rtol=1e-10, atol=1e-12)
 
 
 def test_guided_ig_float32_terminates_on_the_shipped_cnn():
