@@ -409,7 +409,8 @@ def _ascent(classifier, *, layer, steps, optimizer, neuron, fourier, pixel_range
   :func:`_maximize_host` (a host loop over compiled steps):
 
   * ``begin(f, k, x0, offset) -> (carry, step_keys, p0)``: the start and its optimizer state;
-  * ``step(carry, i, ki, f) -> (carry, value)``: update ``i`` with key ``ki``;
+  * ``step(carry, i, ki, f, flags=None) -> (carry, value)``: update ``i`` with key ``ki``;
+    ``step.phase(i)`` gives the step's ``flags`` (warm-up, polishing, blur) for an int ``i``;
   * ``end(carry, f, p0) -> (image, start_image, value)``: the kept image, after the vertex walk.
   """
   shape = tuple(classifier.input_shape)
