@@ -776,8 +776,7 @@ def maximize_activation(classifier: Classifier, layer: str, filters: Sequence[in
     if init.shape[0] != filters_np.size:
       raise ValueError(f"`init` has {init.shape[0]} images, `filters` {filters_np.size}")
     init = jnp.asarray(init, jnp.float32)
-  traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((classifier, key,
-                                                                                init)))
+  traced = batching.traced(classifier, key, init)
   return (_maximize if traced else _maximize_host)(
       classifier, jnp.asarray(filters_np, jnp.int32), key, init, layer=layer, steps=int(steps),
       optimizer=optimizer or _default_optimizer(0.05), neuron=neuron, fourier=bool(fourier),

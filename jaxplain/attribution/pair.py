@@ -254,9 +254,7 @@ def guided_ig(forward, inputs, target, *, baselines=0.0, steps: int = 200,
   if not 0 <= float(max_dist) <= 1:
     raise ValueError(f"`max_dist` must be in [0, 1], got {max_dist!r}")
   base = fill_like(baselines, inputs)
-  traced = any(isinstance(leaf, jax.core.Tracer)
-               for leaf in jax.tree.leaves((forward, inputs, target, base)))
-  return (_guided_ig if traced else _guided_ig_host)(
+  return (_guided_ig if batching.traced(forward, inputs, target, base) else _guided_ig_host)(
       forward, inputs, target, base, steps=steps, fraction=float(fraction),
       max_dist=float(max_dist))
 
