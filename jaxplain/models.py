@@ -603,9 +603,25 @@ class Classifier:
 
   def _declared(self, fn) -> jax.tree_util.Partial:
     """``Partial(fn, variables)``, carrying ``input_range`` when it is not jaxplain's (0, 1)."""
+    variables = self._run_variables()
     if self.input_range is not None and tuple(self.input_range) == (0.0, 1.0):
-      return jax.tree_util.Partial(fn, self.variables)
-    return jax.tree_util.Partial(_Ranged(fn, self.input_range), self.variables)
+      return jax.tree_util.Partial(fn, variables)
+    return jax.tree_util.Partial(_Ranged(fn, self.input_range), variables)
+
+  def _run_variables(self):
+    """``variables`` as ``apply_fn.prepare`` lays them out for speed (a converted graph's
+    linear weights transposed), where it has one: for concrete weights computed once and kept
+    with this classifier, under a trace computed in the trace."""
+    prepare = getattr(self.apply_fn, "prepare", None)
+    if prepare is None:
+      return self.variables
+    if any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(self.variables)):
+      return prepare(self.variables)
+    cached = self.__dict__.get("_prepared")
+    if cached is None:
+      cached = prepare(self.variables)
+      object.__setattr__(self, "_prepared", cached)  # a cache, not a field: eq/hash ignore it
+    return cached
 
   def check_layer(self, layer: str) -> None:
     if layer not in self.layer_names:

@@ -371,6 +371,36 @@ def test_jit_equals_eager_and_gradient_matches_torch_autograd():
   np.testing.assert_allclose(g, xt.grad.numpy().transpose(0, 2, 3, 1), atol=1e-5)
 
 
+def test_forward_holds_linear_weights_transposed_with_the_same_outputs_and_gradients():
+  # Classifier.forward runs TorchGraph.prepare's layout ((in, out) linear weights, kept once per
+  # classifier); variables keep PyTorch's, and gradients w.r.t. them through a traced forward
+  # are PyTorch's.
+  torch.manual_seed(0)
+  module = _randomise(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
+                                    nn.Linear(4 * 14 * 14, 8), nn.ReLU(), nn.Linear(8, 5)))
+  clf = convert.from_torch(module, input_shape=(1, 16, 16), check=False)
+  held = clf.forward.args[0]
+  assert clf.forward.args[0] is held  # computed once, not per access
+  flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(held)[0]}
+  for name, shape in (("3", (8, 784)), ("5", (5, 8))):
+    assert f"['{name}']['weight_t']" in flat and f"['{name}']['weight']" not in flat
+    np.testing.assert_array_equal(flat[f"['{name}']['weight_t']"],
+                                  np.asarray(clf.variables[name]["weight"]).T)
+    assert clf.variables[name]["weight"].shape == shape
+  x = jnp.asarray(_images(3, (1, 16, 16)))
+  np.testing.assert_allclose(clf.forward(x), clf.apply_fn(clf.variables, x), atol=1e-6)
+
+  def loss(c):
+    return c.forward(x)[:, 1].sum()
+  grads = jax.grad(loss)(clf).variables  # the variables are tracers: prepared in the trace
+  xt = torch.as_tensor(np.asarray(x).transpose(0, 3, 1, 2))
+  module.zero_grad()
+  module(xt)[:, 1].sum().backward()
+  for name in ("3", "5"):
+    np.testing.assert_allclose(grads[name]["weight"], module[int(name)].weight.grad.numpy(),
+                               atol=1e-5)
+
+
 def test_guided_gradients_match_captum_guided_backprop():
   captum_attr = pytest.importorskip("captum.attr")
   torch.manual_seed(0)
