@@ -588,7 +588,9 @@ class Classifier:
 
   @property
   def forward(self) -> jax.tree_util.Partial:
-    """Pure ``(N, H, W, C) → (N, K)`` logits in eval mode, a pytree holding the weights."""
+    """Pure ``(N, H, W, C) → (N, K)`` logits in eval mode, a pytree holding the weights (in
+    the layout ``apply_fn.prepare`` gives them where it has one: a converted graph's linear
+    weights transposed)."""
     return self._declared(self.apply_fn)
 
   @property
