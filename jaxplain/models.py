@@ -617,13 +617,16 @@ class Classifier:
     prepare = getattr(self.apply_fn, "prepare", None)
     if prepare is None:
       return self.variables
-    if any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(self.variables)):
+    leaves, tree = jax.tree.flatten(self.variables)
+    if any(isinstance(v, jax.core.Tracer) for v in leaves):
       return prepare(self.variables)
+    # keyed by the leaves' identities: a weight replaced in the variables' dicts is seen
+    key = (tree, tuple(map(id, leaves)))
     cached = self.__dict__.get("_prepared")
-    if cached is None:
-      cached = prepare(self.variables)
+    if cached is None or cached[0] != key:
+      cached = (key, prepare(self.variables))
       object.__setattr__(self, "_prepared", cached)  # a cache, not a field: eq/hash ignore it
-    return cached
+    return cached[1]
 
   def check_layer(self, layer: str) -> None:
     if layer not in self.layer_names:

@@ -389,6 +389,12 @@ def test_forward_holds_linear_weights_transposed_with_the_same_outputs_and_gradi
     assert clf.variables[name]["weight"].shape == shape
   x = jnp.asarray(_images(3, (1, 16, 16)))
   np.testing.assert_allclose(clf.forward(x), clf.apply_fn(clf.variables, x), atol=1e-6)
+  clf.variables["5"]["weight"] = clf.variables["5"]["weight"] * 2  # a weight replaced in place
+  with torch.no_grad():
+    module[5].weight *= 2
+  assert clf.forward.args[0] is not held
+  np.testing.assert_allclose(clf.forward(x), clf.apply_fn(clf.variables, x), atol=1e-6)
+  held = clf.forward.args[0]
 
   def loss(c):
     return c.forward(x)[:, 1].sum()
