@@ -498,12 +498,14 @@ def evaluate_explanations(clf, faces, out, cfg: MetricsConfig = MetricsConfig(),
   markdown = table.to_markdown()
   with _output(out, overwrite) as tmp:
     (tmp / "metrics.md").write_text(markdown + "\n")
-    (tmp / "metrics.json").write_text(json.dumps({
+    finite = np.vectorize(metrics_eval.finite_or_none, otypes=[object])
+    (tmp / "metrics.json").write_text(json.dumps({  # strict JSON: undefined scores are null
         "faces": len(images), "source": faces.source, "config": dataclasses.asdict(cfg),
         "methods": list(methods), "metrics": list(metric_names),
-        "mean": table.mean().tolist(), "std": table.std().tolist(),
-        "scores": {f"{m}/{k}": np.asarray(v).tolist() for (m, k), v in table.scores.items()}},
-        indent=1, allow_nan=True))
+        "mean": finite(table.mean()).tolist(), "std": finite(table.std()).tolist(),
+        "undefined": table.undefined().tolist(),
+        "scores": {f"{m}/{k}": finite(np.asarray(v, float)).tolist()
+                   for (m, k), v in table.scores.items()}}, indent=1, allow_nan=False))
   print(markdown)
   log.info(f"wrote metrics.md and metrics.json to {out}")
   return table

@@ -407,11 +407,9 @@ def section_trust(clf, shown, out, cfg, key, log) -> dict:
   check = metrics_eval.sanity_check(clf, x, t, method="saliency", key=jax.random.fold_in(key, 2))
   viz.save(metric_figures.sanity_figure(check), out / "sanity_check.png")
   log(f"  with the curve and sanity-check figures: {time.time() - t0:.1f}s")
-  mean, std = table.mean(), table.std()
   head = [metrics_eval.METRICS[k].label + {True: " ↑", False: " ↓", None: ""}[
       metrics_eval.METRICS[k].higher_is_better] for k in metrics]
-  rows = [[m] + [f"{mean[i, j]:.3f} ± {std[i, j]:.3f}" for j in range(len(metrics))]
-          for i, m in enumerate(methods)]
+  rows = [[m] + [table.cell(i, j) for j in range(len(metrics))] for i, m in enumerate(methods)]
   rows.append(["best"] + [table.best(k) or "–" for k in metrics])
   return {"title": "Which explanation to trust?",
           "text": "Each method scored on the faces above by explanation-quality metrics "

@@ -290,6 +290,22 @@ def test_evaluate_methods_table(tiny_classifier, faces, key):
   assert md.count("\n") == 4 and "deletion AUC ↓" in md and "**" in md
   assert table.best("eyes_share") is None
   assert set(table.to_dict()["mean"]) == {"saliency", "grad_cam", "lime"}
+  # a face without a finite score (an all-zero map's max-sensitivity is infinite) is left out
+  # of the mean and counted, and the JSON stays strict
+  scores = dict(table.scores)
+  good = np.asarray(scores["saliency", "deletion"], float)
+  scores["saliency", "deletion"] = np.array([good[0], np.inf])
+  scores["lime", "deletion"] = np.array([np.nan, np.nan])
+  odd = M.evaluate.Table(table.methods, table.metrics, scores)
+  assert odd.mean()[0, 0] == pytest.approx(good[0]) and odd.undefined()[0, 0] == 1
+  assert np.isnan(odd.mean()[2, 0]) and odd.undefined()[2, 0] == 2
+  assert odd.best("deletion") == "grad_cam"  # the only method scored on both faces
+  md = odd.to_markdown()
+  assert f"{good[0]:.3f} ± 0.000 (1/2 faces undefined)" in md and "| lime | undefined" in md
+  assert "inf" not in md and "nan" not in md
+  import json
+  text = json.dumps(odd.to_dict(), allow_nan=False)
+  assert json.loads(text)["scores"]["saliency"]["deletion"][1] is None
   with pytest.raises(ValueError, match="`metrics`"):
     M.evaluate_methods(tiny_classifier, x, t, metrics=("accuracy",), key=key)
   with pytest.raises(ValueError, match="`methods`"):

@@ -139,6 +139,12 @@ DEFAULT_METRICS = ("deletion", "insertion", "faithfulness_correlation", "max_sen
                    "eyes_share")
 
 
+def finite_or_none(value) -> float | None:
+  """``value`` as a float, or ``None`` (JSON ``null``) when it is NaN or infinite."""
+  value = float(value)
+  return value if np.isfinite(value) else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Table:
   """Scores of each method under each metric.
@@ -153,21 +159,49 @@ class Table:
   metrics: tuple[str, ...]
   scores: Mapping[tuple[str, str], np.ndarray]
 
+  def _over_faces(self, fn) -> np.ndarray:
+    """``fn`` of each cell's finite scores (NaN where a cell has none)."""
+    def cell(v):
+      v = np.asarray(v, float)
+      v = v[np.isfinite(v)]
+      return fn(v) if v.size else np.nan
+    return np.array([[cell(self.scores[m, k]) for k in self.metrics] for m in self.methods])
+
   def mean(self) -> np.ndarray:
-    """``(methods, metrics)`` mean over faces (NaN faces ignored)."""
-    return np.array([[np.nanmean(self.scores[m, k]) if np.isfinite(self.scores[m, k]).any()
-                      else np.nan for k in self.metrics] for m in self.methods])
+    """``(methods, metrics)`` mean over the faces whose score is finite: a face can have none
+    (a correlation with a constant map is NaN; an all-zero map's normalised max-sensitivity is
+    infinite), counted by :meth:`undefined`."""
+    return self._over_faces(np.mean)
 
   def std(self) -> np.ndarray:
-    return np.array([[np.nanstd(self.scores[m, k]) if np.isfinite(self.scores[m, k]).any()
-                      else np.nan for k in self.metrics] for m in self.methods])
+    return self._over_faces(np.std)
+
+  def undefined(self) -> np.ndarray:
+    """``(methods, metrics)`` number of faces whose score is NaN or infinite."""
+    return np.array([[int((~np.isfinite(np.asarray(self.scores[m, k], float))).sum())
+                      for k in self.metrics] for m in self.methods])
+
+  def cell(self, i: int, j: int, digits: int = 3) -> str:
+    """``mean ± std`` of row ``i``, column ``j``, with the count of undefined faces if any."""
+    v = np.asarray(self.scores[self.methods[i], self.metrics[j]], float)
+    ok = v[np.isfinite(v)]
+    if not ok.size:
+      return "undefined"
+    text = f"{ok.mean():.{digits}f} ± {ok.std():.{digits}f}"
+    return text + (f" ({v.size - ok.size}/{v.size} faces undefined)" if ok.size < v.size else "")
 
   def best(self, metric: str) -> str | None:
-    """The method with the best mean under ``metric`` (``None`` when it has no direction)."""
+    """The method with the best mean under ``metric`` (``None`` when it has no direction):
+    among the methods scored on every face where there are any (a mean over fewer faces is
+    not comparable), else among those with a finite mean."""
     hib = METRICS[metric].higher_is_better
     if hib is None:
       return None
-    col = self.mean()[:, self.metrics.index(metric)]
+    j = self.metrics.index(metric)
+    col = self.mean()[:, j]
+    complete = self.undefined()[:, j] == 0
+    if (complete & np.isfinite(col)).any():
+      col = np.where(complete, col, np.nan)
     if not np.isfinite(col).any():
       return None
     return self.methods[int(np.nanargmax(col) if hib else np.nanargmin(col))]
@@ -177,26 +211,28 @@ class Table:
     arrows = {True: " ↑", False: " ↓", None: ""}
     heads = [METRICS[k].label + arrows[METRICS[k].higher_is_better] for k in self.metrics]
     lines = ["| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-    mean, std = self.mean(), self.std()
     for i, m in enumerate(self.methods):
       cells = []
       for j, k in enumerate(self.metrics):
-        cell = f"{mean[i, j]:.{digits}f} ± {std[i, j]:.{digits}f}"
+        cell = self.cell(i, j, digits)
         cells.append(f"**{cell}**" if self.best(k) == m else cell)
       lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
   def to_dict(self) -> dict:
-    """JSON-ready: per metric, per method, the mean, std and per-face scores."""
-    mean, std = self.mean(), self.std()
+    """JSON-ready (strict JSON: undefined values are ``None``): per metric, per method, the
+    mean, std, number of undefined faces and per-face scores."""
+    mean, std, bad = self.mean(), self.std(), self.undefined()
     return {"methods": list(self.methods), "metrics": list(self.metrics),
             "higher_is_better": {k: METRICS[k].higher_is_better for k in self.metrics},
             "labels": {k: METRICS[k].label for k in self.metrics},
-            "mean": {m: {k: float(mean[i, j]) for j, k in enumerate(self.metrics)}
+            "mean": {m: {k: finite_or_none(mean[i, j]) for j, k in enumerate(self.metrics)}
                      for i, m in enumerate(self.methods)},
-            "std": {m: {k: float(std[i, j]) for j, k in enumerate(self.metrics)}
+            "std": {m: {k: finite_or_none(std[i, j]) for j, k in enumerate(self.metrics)}
                     for i, m in enumerate(self.methods)},
-            "scores": {m: {k: np.asarray(self.scores[m, k], float).tolist()
+            "undefined": {m: {k: int(bad[i, j]) for j, k in enumerate(self.metrics)}
+                          for i, m in enumerate(self.methods)},
+            "scores": {m: {k: [finite_or_none(v) for v in np.asarray(self.scores[m, k], float)]
                            for k in self.metrics} for m in self.methods}}
 
 
