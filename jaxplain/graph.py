@@ -160,6 +160,9 @@ class TorchGraph:
     keep PyTorch's layout; ``__call__`` takes either.
     """
     paths = {op.weights for op in self.ops if op.kind == "linear" and op.weights is not None}
+    # a weight another op reads too (tied weights, ``F.linear(x, self.fc.weight)``) stays
+    others = {op.weights for op in self.ops if op.kind != "linear" and op.weights is not None}
+    paths = {q for q in paths if not any(o == q or o.startswith(q + ".") for o in others)}
     if not paths or any(isinstance(v, jax.ShapeDtypeStruct) for v in jax.tree.leaves(variables)):
       return variables
 

@@ -407,6 +407,25 @@ def test_forward_holds_linear_weights_transposed_with_the_same_outputs_and_gradi
                                atol=1e-5)
 
 
+def test_a_linear_weight_another_op_reads_keeps_its_layout():
+  class Tied(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.fc, self.fc2 = nn.Linear(16 * 16, 7), nn.Linear(7, 7)
+
+    def forward(self, x):
+      h = self.fc(x.flatten(1))
+      return self.fc2(h) + F.linear(h, self.fc2.weight)  # fc2's weight read twice
+
+  torch.manual_seed(0)
+  module = Tied().eval()
+  clf = convert.from_torch(module, input_shape=(1, 16, 16), check=False)
+  held = clf.forward.args[0]
+  assert "weight_t" in held["fc"] and "weight" in held["fc2"] and "weight_t" not in held["fc2"]
+  x = _images(3, (1, 16, 16))
+  np.testing.assert_allclose(clf.forward(jnp.asarray(x)), _torch_out(module, x), atol=1e-5)
+
+
 def test_guided_gradients_match_captum_guided_backprop():
   captum_attr = pytest.importorskip("captum.attr")
   torch.manual_seed(0)
