@@ -620,13 +620,14 @@ class Classifier:
     leaves, tree = jax.tree.flatten(self.variables)
     if any(isinstance(v, jax.core.Tracer) for v in leaves):
       return prepare(self.variables)
-    # keyed by the leaves' identities: a weight replaced in the variables' dicts is seen
-    key = (tree, tuple(map(id, leaves)))
+    # kept with the leaves it was made from (held, so their identities stay theirs): a weight
+    # replaced in the variables' dicts is seen
     cached = self.__dict__.get("_prepared")
-    if cached is None or cached[0] != key:
-      cached = (key, prepare(self.variables))
+    if (cached is None or cached[0] != tree or len(cached[1]) != len(leaves)
+        or any(a is not b for a, b in zip(cached[1], leaves))):
+      cached = (tree, tuple(leaves), prepare(self.variables))
       object.__setattr__(self, "_prepared", cached)  # a cache, not a field: eq/hash ignore it
-    return cached[1]
+    return cached[2]
 
   def check_layer(self, layer: str) -> None:
     if layer not in self.layer_names:
