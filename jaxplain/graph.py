@@ -384,12 +384,11 @@ def _linear(a, p, w, ctx):
   del p, ctx
   x = a[0]
   if w is not None and "weight_t" in w:  # TorchGraph.prepare's (in, out) copy
-    y = jnp.matmul(x, w["weight_t"], precision=_HI)
-    bias = w.get("bias")
-    return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
-  weight, bias = (w["weight"], w.get("bias")) if w is not None else (a[1], a[2] if len(a) > 2
-                                                                    else None)
-  y = jnp.matmul(x, weight.T, precision=_HI)
+    y, bias = jnp.matmul(x, w["weight_t"], precision=_HI), w.get("bias")
+  else:
+    weight, bias = (w["weight"], w.get("bias")) if w is not None else (a[1], a[2] if len(a) > 2
+                                                                      else None)
+    y = jnp.matmul(x, weight.T, precision=_HI)
   return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 

@@ -211,11 +211,12 @@ class Table:
     arrows = {True: " ↑", False: " ↓", None: ""}
     heads = [METRICS[k].label + arrows[METRICS[k].higher_is_better] for k in self.metrics]
     lines = ["| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    best = [self.best(k) for k in self.metrics]
     for i, m in enumerate(self.methods):
       cells = []
-      for j, k in enumerate(self.metrics):
+      for j in range(len(self.metrics)):
         cell = self.cell(i, j, digits)
-        cells.append(f"**{cell}**" if self.best(k) == m else cell)
+        cells.append(f"**{cell}**" if best[j] == m else cell)
       lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
